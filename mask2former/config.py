@@ -1,0 +1,87 @@
+"""Config keys of Mask2Former, added on top of detectron2's defaults and DeepLab's."""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskformer2_config(cfg):
+    """
+    Add every Mask2Former key, with the original's default, to ``cfg``.
+
+    Call it after ``detectron2.projects.deeplab.add_deeplab_config`` so that existing user YAMLs,
+    which may set any key of either, load unchanged.
+    """
+    # Data
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    cfg.INPUT.COLOR_AUG_SSD = False
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Large-scale jitter (coco_panoptic_lsj / coco_instance_lsj mappers)
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+
+    # Optimizer
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+
+    # Model
+    cfg.MODEL.MASK_FORMER = CN()
+    mf = cfg.MODEL.MASK_FORMER
+    mf.DEEP_SUPERVISION = True
+    mf.NO_OBJECT_WEIGHT = 0.1
+    mf.CLASS_WEIGHT = 1.0
+    mf.DICE_WEIGHT = 1.0
+    mf.MASK_WEIGHT = 20.0
+    mf.NHEADS = 8
+    mf.DROPOUT = 0.1
+    mf.DIM_FEEDFORWARD = 2048
+    mf.ENC_LAYERS = 0
+    mf.DEC_LAYERS = 6
+    mf.PRE_NORM = False
+    mf.HIDDEN_DIM = 256
+    mf.NUM_OBJECT_QUERIES = 100
+    mf.TRANSFORMER_IN_FEATURE = "res5"
+    mf.ENFORCE_INPUT_PROJ = False
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Images are padded to a multiple of this before the backbone.
+    mf.SIZE_DIVISIBILITY = 32
+    # Point-sampled mask losses and matching costs
+    mf.TRAIN_NUM_POINTS = 112 * 112
+    mf.OVERSAMPLE_RATIO = 3.0
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    mf.TEST = CN()
+    mf.TEST.SEMANTIC_ON = True
+    mf.TEST.INSTANCE_ON = False
+    mf.TEST.PANOPTIC_ON = False
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    mf.TEST.OVERLAP_THRESHOLD = 0.0
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+
+    # Pixel decoder
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
+    # Swin backbone
+    cfg.MODEL.SWIN = CN()
+    sw = cfg.MODEL.SWIN
+    sw.PRETRAIN_IMG_SIZE = 224
+    sw.PATCH_SIZE = 4
+    sw.EMBED_DIM = 96
+    sw.DEPTHS = [2, 2, 6, 2]
+    sw.NUM_HEADS = [3, 6, 12, 24]
+    sw.WINDOW_SIZE = 7
+    sw.MLP_RATIO = 4.0
+    sw.QKV_BIAS = True
+    sw.QK_SCALE = None
+    sw.DROP_RATE = 0.0
+    sw.ATTN_DROP_RATE = 0.0
+    sw.DROP_PATH_RATE = 0.3
+    sw.APE = False
+    sw.PATCH_NORM = True
+    sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    sw.USE_CHECKPOINT = False
