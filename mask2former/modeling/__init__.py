@@ -1,0 +1,3 @@
+from .meta_arch.mask_former_head import MaskFormerHead
+from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
+from .transformer_decoder.mask2former_transformer_decoder import MultiScaleMaskedTransformerDecoder

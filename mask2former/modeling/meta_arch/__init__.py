@@ -1,0 +1,1 @@
+from .mask_former_head import MaskFormerHead

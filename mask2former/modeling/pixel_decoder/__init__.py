@@ -1,0 +1,1 @@
+from .msdeformattn import MSDeformAttnPixelDecoder, build_pixel_decoder

@@ -1,0 +1,6 @@
+from .mask2former_transformer_decoder import (
+    TRANSFORMER_DECODER_REGISTRY,
+    MultiScaleMaskedTransformerDecoder,
+    build_transformer_decoder,
+)
+from .position_encoding import PositionEmbeddingSine

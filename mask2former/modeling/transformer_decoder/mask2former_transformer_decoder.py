@@ -1,0 +1,288 @@
+"""
+The masked-attention transformer decoder of Mask2Former.
+
+Learnable queries attend, layer after layer and round-robin over the pixel decoder's three lowest-resolution
+feature maps, only to the pixels inside the mask that the previous layer predicted for them. After the learnable
+queries and after every layer, shared heads predict class logits and mask logits (dot products of a per-query
+embedding with the per-pixel mask features); all of these predictions are returned for deep supervision.
+"""
+import fvcore.nn.weight_init as weight_init
+import torch
+from detectron2.config import configurable
+from detectron2.layers import Conv2d
+from detectron2.utils.registry import Registry
+from torch import nn
+from torch.nn import functional as F
+
+from .position_encoding import PositionEmbeddingSine
+
+TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = """
+Registry for the transformer decoder of MaskFormerHead, which turns multi-scale features and per-pixel mask
+features into per-query class and mask predictions. Selected by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME.
+"""
+
+
+def build_transformer_decoder(cfg, in_channels, mask_classification=True):
+    """Build the transformer decoder named by ``cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``."""
+    name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
+    return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)
+
+
+def _with_pos(tensor, pos):
+    return tensor if pos is None else tensor + pos
+
+
+def _residual(tgt, fn, norm, dropout, normalize_before):
+    """``tgt + fn(tgt)`` with LayerNorm ``norm`` applied before ``fn`` (pre-norm) or after the sum (post-norm)."""
+    if normalize_before:
+        return tgt + dropout(fn(norm(tgt)))
+    return norm(tgt + dropout(fn(tgt)))
+
+
+def _xavier_init(module):
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Self-attention among the queries; the query position embedding is added to queries and keys."""
+
+    def __init__(self, d_model, nhead, dropout=0.0, normalize_before=False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt, tgt_mask=None, tgt_key_padding_mask=None, query_pos=None):
+        def attend(x):
+            q = k = _with_pos(x, query_pos)
+            return self.self_attn(q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+
+        return _residual(tgt, attend, self.norm, self.dropout, self.normalize_before)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Attention from the queries to the pixels of one feature level, restricted by ``memory_mask``."""
+
+    def __init__(self, d_model, nhead, dropout=0.0, normalize_before=False):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt, memory, memory_mask=None, memory_key_padding_mask=None, pos=None, query_pos=None):
+        def attend(x):
+            return self.multihead_attn(
+                query=_with_pos(x, query_pos),
+                key=_with_pos(memory, pos),
+                value=memory,
+                attn_mask=memory_mask,
+                key_padding_mask=memory_key_padding_mask,
+            )[0]
+
+        return _residual(tgt, attend, self.norm, self.dropout, self.normalize_before)
+
+
+class FFNLayer(nn.Module):
+    """Two-layer ReLU feed-forward block with a residual connection and LayerNorm."""
+
+    def __init__(self, d_model, dim_feedforward=2048, dropout=0.0, normalize_before=False):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt):
+        def ffn(x):
+            return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+        return _residual(tgt, ffn, self.norm, self.dropout, self.normalize_before)
+
+
+class MLP(nn.Module):
+    """A stack of ``num_layers`` linear layers with ReLU in between (none after the last)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    """The Mask2Former decoder: masked cross-attention, then self-attention, then FFN, in each layer."""
+
+    _version = 2
+    num_feature_levels = 3
+
+    @configurable
+    def __init__(
+        self,
+        in_channels,
+        mask_classification=True,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+    ):
+        """
+        Args:
+            in_channels: channels of the multi-scale features from the pixel decoder.
+            mask_classification: must be True (per-query classification is what Mask2Former is).
+            num_classes: number of classes; the class head has one more output for "no object".
+            hidden_dim: width of the queries and of the attention layers.
+            num_queries: number of learnable queries.
+            nheads: attention heads.
+            dim_feedforward: hidden width of the FFN.
+            dec_layers: number of decoder layers (the config's DEC_LAYERS minus one).
+            pre_norm: LayerNorm before (True) or after (False) each sublayer.
+            mask_dim: channels of the mask features; the mask embedding has the same width.
+            enforce_input_project: add a 1x1 projection even when in_channels == hidden_dim.
+        """
+        super().__init__()
+        if not mask_classification:
+            raise ValueError("MultiScaleMaskedTransformerDecoder only supports mask classification")
+        self.mask_classification = mask_classification
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm) for _ in range(dec_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+
+        self.num_queries = num_queries
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
+
+        self.input_proj = nn.ModuleList()
+        for _ in range(self.num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+                weight_init.c2_xavier_fill(proj)
+                self.input_proj.append(proj)
+            else:
+                self.input_proj.append(nn.Sequential())
+
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels, mask_classification):
+        mf = cfg.MODEL.MASK_FORMER
+        if mf.DEC_LAYERS < 1:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS}: it counts the prediction from the learnable "
+                "queries plus the decoder layers, so it must be >= 2 (the zoo uses 10)"
+            )
+        return {
+            "in_channels": in_channels,
+            "mask_classification": mask_classification,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": mf.HIDDEN_DIM,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "nheads": mf.NHEADS,
+            "dim_feedforward": mf.DIM_FEEDFORWARD,
+            # DEC_LAYERS counts the prediction made from the learnable queries before any layer.
+            "dec_layers": mf.DEC_LAYERS - 1,
+            "pre_norm": mf.PRE_NORM,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
+        }
+
+    def forward(self, x, mask_features, mask=None):
+        """
+        Args:
+            x: the pixel decoder's multi-scale features, lowest resolution first, each (N, C, H_l, W_l).
+            mask_features: (N, mask_dim, H, W) per-pixel embeddings at 1/4 resolution.
+            mask: unused (no padding masks; images are zero-padded instead).
+
+        Returns:
+            dict with "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, H, W) of the last layer, and
+            "aux_outputs": the same pairs for every earlier prediction.
+        """
+        if len(x) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
+        srcs, poss, sizes = [], [], []
+        for i, feat in enumerate(x):
+            sizes.append(feat.shape[-2:])
+            # (HW, N, C) sequences, as nn.MultiheadAttention expects without batch_first.
+            poss.append(self.pe_layer(feat).flatten(2).permute(2, 0, 1))
+            src = self.input_proj[i](feat).flatten(2) + self.level_embed.weight[i][None, :, None]
+            srcs.append(src.permute(2, 0, 1))
+
+        batch = srcs[0].shape[1]
+        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+
+        predictions_class, predictions_mask = [], []
+        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
+        predictions_class.append(outputs_class)
+        predictions_mask.append(outputs_mask)
+
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            # A query whose mask is empty at this level attends everywhere rather than nowhere.
+            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+            output = self.transformer_cross_attention_layers[i](
+                output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
+            )
+            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
+            output = self.transformer_ffn_layers[i](output)
+            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+            )
+            predictions_class.append(outputs_class)
+            predictions_mask.append(outputs_mask)
+
+        return {
+            "pred_logits": predictions_class[-1],
+            "pred_masks": predictions_mask[-1],
+            "aux_outputs": [
+                {"pred_logits": c, "pred_masks": m} for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
+            ],
+        }
+
+    def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
+        """Class logits, mask logits, and the boolean attention mask (True = blocked) for the next layer."""
+        decoder_output = self.decoder_norm(output).transpose(0, 1)
+        outputs_class = self.class_embed(decoder_output)
+        mask_embed = self.mask_embed(decoder_output)
+        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+
+        attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
+        # Pixels whose predicted foreground probability is below 0.5 are masked out, for every head.
+        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        return outputs_class, outputs_mask, attn_mask
