@@ -18,11 +18,16 @@ REF = FIXTURES / "reference_tiny"
 MODELS = ["tiny_r50", "tiny_swin"]
 
 
-def build_reference_model(name):
-    """The model of the fixture's config + overrides, loaded from its .pkl exactly as a user would."""
+def build_tiny_model(name):
+    """The randomly initialized model of the fixture's config + overrides."""
     spec = json.loads((REF / f"{name}_overrides.json").read_text())
     cfg = make_cfg(CONFIGS.parent / spec["config"], spec["overrides"] + spec["forced_overrides"])
-    model = build_model(cfg).eval()
+    return build_model(cfg).eval()
+
+
+def build_reference_model(name):
+    """The fixture's model loaded from its .pkl exactly as a user would."""
+    model = build_tiny_model(name)
     DetectionCheckpointer(model).load(str(REF / f"{name}.pkl"))
     return model
 
