@@ -1,0 +1,2 @@
+"""Datasets and dataset mappers; importing this package registers the datasets."""
+from . import toy_panoptic
