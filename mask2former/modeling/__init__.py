@@ -1,3 +1,4 @@
+from .backbone.swin import D2SwinTransformer
 from .meta_arch.mask_former_head import MaskFormerHead
 from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from .transformer_decoder.mask2former_transformer_decoder import MultiScaleMaskedTransformerDecoder
