@@ -95,7 +95,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.attn_drop = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -112,24 +112,16 @@ class WindowAttention(nn.Module):
         Bw, N, C = x.shape
         head_dim = C // self.num_heads
         q, k, v = self.qkv(x).view(Bw, N, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Explicit attention in the released model's order of operations, so float32 results match it exactly.
+        attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(N, N, self.num_heads).permute(2, 0, 1)
-        # Fold the windows of an image into the head dimension so that the per-window mask broadcasts.
-        num_windows = 1
+        attn = attn + bias.view(N, N, self.num_heads).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             num_windows = mask.shape[0]
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)
-        groups = num_windows * self.num_heads
-        q, k, v = (t.reshape(Bw // num_windows, groups, N, head_dim) for t in (q, k, v))
-        x = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=bias.reshape(1, groups, N, N),
-            dropout_p=self.attn_drop if self.training else 0.0,
-            scale=self.scale,
-        )
-        x = x.view(Bw, self.num_heads, N, head_dim).transpose(1, 2).reshape(Bw, N, C)
+            attn = attn.view(Bw // num_windows, num_windows, self.num_heads, N, N) + mask[None, :, None]
+            attn = attn.view(Bw, self.num_heads, N, N)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(x))
 
 
