@@ -118,7 +118,13 @@ def _load(root, paths, metadata, with_sem_seg):
             f"the toy panoptic dataset is not at {root}; generate it with "
             f"`python datasets/prepare_toy_panoptic.py --root {root}` (or set DETECTRON2_DATASETS)"
         )
-    dicts = load_coco_panoptic_json(paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], metadata)
+    try:
+        dicts = load_coco_panoptic_json(paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], metadata)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{paths['panoptic_json']} is not valid JSON ({e}); delete {root} and generate it again with "
+            f"`python datasets/prepare_toy_panoptic.py --root {root}`"
+        ) from e
     if with_sem_seg:
         for d in dicts:
             d["sem_seg_file_name"] = os.path.join(paths["sem_seg_root"], os.path.basename(d["pan_seg_file_name"]))
