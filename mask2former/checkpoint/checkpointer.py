@@ -90,7 +90,9 @@ class SafeCheckpointer(DetectionCheckpointer):
                 "because loading it could run code. Only tensors, numbers, strings and containers of them are "
                 "admitted. If you trust the file, load it in a separate Python session and re-save its state dict."
             ) from None
-        except (RuntimeError, EOFError) as e:
+        except PermissionError:
+            raise
+        except (RuntimeError, EOFError, OSError) as e:  # torch's zip reader fails on a cut file with any of these
             raise CorruptCheckpointError(
                 f"Checkpoint {f} is truncated or damaged ({type(e).__name__}: {e}). Copy or download it again; "
                 "if training was killed while saving, resume from the checkpoint named in last_checkpoint."
