@@ -1,4 +1,5 @@
 from .backbone.swin import D2SwinTransformer
 from .meta_arch.mask_former_head import MaskFormerHead
+from .meta_arch.maskformer_model import MaskFormer
 from .pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 from .transformer_decoder.mask2former_transformer_decoder import MultiScaleMaskedTransformerDecoder

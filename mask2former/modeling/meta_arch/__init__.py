@@ -1,1 +1,2 @@
 from .mask_former_head import MaskFormerHead
+from .maskformer_model import MaskFormer
