@@ -57,6 +57,9 @@ def add_maskformer2_config(cfg):
     mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
     mf.TEST.OVERLAP_THRESHOLD = 0.0
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Not in the original: the fast inference path. "" = float32 (default); "bfloat16" or "float16" run the
+    # backbone and head under torch.autocast with that dtype (post-processing stays float32).
+    mf.TEST.AUTOCAST_DTYPE = ""
 
     # Pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

@@ -2,7 +2,8 @@
 Turning per-query class logits and mask logits of one image into semantic, panoptic and instance outputs.
 
 All functions take ``mask_cls`` (Q, K+1) logits, the last column being "no object", and ``mask_pred`` (Q, H, W)
-mask logits already at the output resolution.
+mask logits already at the output resolution. Optionally they take ``mask_prob``, ``mask_pred.sigmoid()`` computed
+once by a caller that wants several outputs: at full resolution it is one of the costliest steps.
 """
 from typing import Collection, Optional
 
@@ -11,10 +12,22 @@ from detectron2.structures import BitMasks, Instances
 from torch.nn import functional as F
 
 
-def semantic_inference(mask_cls, mask_pred):
+def resize_to_output(result, image_size, height, width):
+    """
+    (C, Hp, Wp) padded-input-sized maps to (C, height, width): crop the padding to ``image_size``, then resize
+    bilinearly, as detectron2's ``sem_seg_postprocess``; the resize is skipped when the sizes already agree (it
+    would be the identity), which saves a full-resolution pass over all queries.
+    """
+    result = result[:, : image_size[0], : image_size[1]]
+    if tuple(result.shape[-2:]) == (height, width):
+        return result.contiguous()
+    return F.interpolate(result[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def semantic_inference(mask_cls, mask_pred, *, mask_prob=None):
     """Per-class scores (K, H, W): sum over queries of class probability times mask probability."""
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid() if mask_prob is None else mask_prob)
 
 
 def panoptic_inference(
@@ -25,6 +38,7 @@ def panoptic_inference(
     thing_classes: Collection[int],
     object_mask_threshold: float,
     overlap_threshold: float,
+    mask_prob=None,
 ):
     """
     Panoptic id map (H, W) int32 (0 = no segment) and its ``segments_info``.
@@ -35,7 +49,8 @@ def panoptic_inference(
     All queries of one stuff class share one segment.
     """
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    mask_prob = mask_pred.sigmoid()
+    if mask_prob is None:
+        mask_prob = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_prob[keep]
 
@@ -45,28 +60,34 @@ def panoptic_inference(
     if cur_masks.shape[0] == 0:
         return panoptic_seg, segments_info
 
+    num_kept = cur_masks.shape[0]
     winner = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    own = cur_masks >= 0.5
+    # A pixel can only go to the query that wins it, so all per-query areas come from one pass over the winners.
+    visible = own.gather(0, winner[None])[0]
+    won_area = torch.bincount(winner.flatten(), minlength=num_kept).tolist()
+    visible_area = torch.bincount(winner[visible], minlength=num_kept).tolist()
+    own_area = own.flatten(1).sum(1).tolist()
+
+    query_segment_ids = [0] * num_kept
     stuff_segment_ids = {}
     segment_id = 0
     for k, pred_class in enumerate(cur_classes.tolist()):
+        if won_area[k] == 0 or own_area[k] == 0 or visible_area[k] == 0:
+            continue
+        if won_area[k] / own_area[k] < overlap_threshold:
+            continue
         isthing = pred_class in thing_classes
-        won = winner == k
-        own = cur_masks[k] >= 0.5
-        mask = won & own
-        mask_area = int(won.sum())
-        original_area = int(own.sum())
-        if mask_area == 0 or original_area == 0 or not bool(mask.any()):
-            continue
-        if mask_area / original_area < overlap_threshold:
-            continue
         if not isthing and pred_class in stuff_segment_ids:
-            panoptic_seg[mask] = stuff_segment_ids[pred_class]
+            query_segment_ids[k] = stuff_segment_ids[pred_class]
             continue
         segment_id += 1
         if not isthing:
             stuff_segment_ids[pred_class] = segment_id
-        panoptic_seg[mask] = segment_id
+        query_segment_ids[k] = segment_id
         segments_info.append({"id": segment_id, "isthing": bool(isthing), "category_id": int(pred_class)})
+    query_segment_ids = torch.tensor(query_segment_ids, dtype=torch.int32, device=panoptic_seg.device)
+    panoptic_seg = torch.where(visible, query_segment_ids[winner], panoptic_seg)
     return panoptic_seg, segments_info
 
 
@@ -77,6 +98,7 @@ def instance_inference(
     num_classes: int,
     topk: int,
     thing_classes: Optional[Collection[int]] = None,
+    mask_prob=None,
 ):
     """
     The ``topk`` best (query, class) pairs over all queries and classes as ``Instances``.
@@ -92,7 +114,6 @@ def instance_inference(
     scores_per_image, topk_indices = scores.flatten(0, 1).topk(topk, sorted=False)
     labels_per_image = labels[topk_indices]
     query_indices = torch.div(topk_indices, num_classes, rounding_mode="floor")
-    masks = mask_pred[query_indices]
 
     if thing_classes is not None:
         is_thing = torch.tensor([c in thing_classes for c in labels_per_image.tolist()], dtype=torch.bool)
@@ -100,14 +121,18 @@ def instance_inference(
         scores_per_image = scores_per_image[is_thing]
         labels_per_image = labels_per_image[is_thing]
         query_indices = query_indices[is_thing]
-        masks = masks[is_thing]
+
+    # Many of the pairs share a query: binarize, score and box each query's mask once, then gather.
+    queries, pair_to_query = torch.unique(query_indices, return_inverse=True)
+    foreground = mask_pred[queries] > 0
+    binary = foreground.float()
+    prob = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
+    mask_scores = (prob.flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
 
     result = Instances(tuple(mask_pred.shape[-2:]))
-    binary = (masks > 0).float()
-    result.pred_masks = binary
-    result.pred_boxes = BitMasks(binary > 0).get_bounding_boxes()
-    mask_scores = (masks.sigmoid().flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-    result.scores = scores_per_image * mask_scores
+    result.pred_masks = binary[pair_to_query]
+    result.pred_boxes = BitMasks(foreground).get_bounding_boxes()[pair_to_query]
+    result.scores = scores_per_image * mask_scores[pair_to_query]
     result.pred_classes = labels_per_image
     result.query_indices = query_indices
     return result

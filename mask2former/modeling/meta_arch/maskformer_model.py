@@ -1,12 +1,12 @@
 """The MaskFormer meta-architecture: backbone + MaskFormerHead, Hungarian-matched losses, and inference."""
-from typing import Tuple
+from contextlib import nullcontext
+from typing import Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ..criterion import SetCriterion
 from ..matcher import HungarianMatcher
-from ..postprocessing import instance_inference, panoptic_inference, semantic_inference
+from ..postprocessing import instance_inference, panoptic_inference, resize_to_output, semantic_inference
 
 
 @META_ARCH_REGISTRY.register()
@@ -43,6 +43,7 @@ class MaskFormer(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
+        autocast_dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -59,6 +60,8 @@ class MaskFormer(nn.Module):
             pixel_mean, pixel_std: per-channel normalization of the input image.
             semantic_on, panoptic_on, instance_on: which outputs inference returns.
             test_topk_per_image: instance outputs per image.
+            autocast_dtype: the fast inference path: run the backbone and the head under ``torch.autocast`` with
+                this dtype (post-processing stays in float32). None: float32 throughout. Training is unaffected.
         """
         super().__init__()
         self.backbone = backbone
@@ -78,6 +81,7 @@ class MaskFormer(nn.Module):
         self.instance_on = instance_on
         self.panoptic_on = panoptic_on
         self.test_topk_per_image = test_topk_per_image
+        self.autocast_dtype = autocast_dtype
         if not (semantic_on or instance_on or panoptic_on):
             raise ValueError(
                 "MODEL.MASK_FORMER.TEST: all of SEMANTIC_ON, INSTANCE_ON and PANOPTIC_ON are off; turn one on"
@@ -134,6 +138,7 @@ class MaskFormer(nn.Module):
             "instance_on": test.INSTANCE_ON,
             "panoptic_on": test.PANOPTIC_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "autocast_dtype": _autocast_dtype(test.AUTOCAST_DTYPE),
         }
 
     @property
@@ -154,7 +159,8 @@ class MaskFormer(nn.Module):
         """
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         images = ImageList.from_tensors(images, self.size_divisibility)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        with self._inference_autocast():
+            outputs = self.sem_seg_head(self.backbone(images.tensor))
 
         if self.training:
             if "instances" not in batched_inputs[0]:
@@ -164,9 +170,10 @@ class MaskFormer(nn.Module):
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-        mask_cls_results = outputs["pred_logits"]
+        # No-ops in float32; the fast path's predictions go to post-processing in float32.
+        mask_cls_results = outputs["pred_logits"].float()
         mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+            outputs["pred_masks"].float(), size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )
         del outputs
         processed_results = []
@@ -178,16 +185,24 @@ class MaskFormer(nn.Module):
             processed_results.append(self.inference_single(mask_cls, mask_pred, image_size, height, width))
         return processed_results
 
+    def _inference_autocast(self):
+        """Autocast for the fast inference path; a no-op otherwise (it must not switch off a caller's autocast)."""
+        if self.training or self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def inference_single(self, mask_cls, mask_pred, image_size, height, width):
         """Outputs of one image from its (Q, K+1) logits and (Q, Hp, Wp) mask logits at the padded input size."""
         result = {}
         if self.sem_seg_postprocess_before_inference:
-            mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, height, width)
+            mask_pred = retry_if_cuda_oom(resize_to_output)(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
+        # Shared by all outputs.
+        mask_prob = retry_if_cuda_oom(torch.sigmoid)(mask_pred)
         if self.semantic_on:
-            sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
+            sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred, mask_prob=mask_prob)
             if not self.sem_seg_postprocess_before_inference:
-                sem_seg = retry_if_cuda_oom(sem_seg_postprocess)(sem_seg, image_size, height, width)
+                sem_seg = retry_if_cuda_oom(resize_to_output)(sem_seg, image_size, height, width)
             result["sem_seg"] = sem_seg
         num_classes = self.sem_seg_head.num_classes
         if self.panoptic_on:
@@ -198,6 +213,7 @@ class MaskFormer(nn.Module):
                 thing_classes=self.thing_classes,
                 object_mask_threshold=self.object_mask_threshold,
                 overlap_threshold=self.overlap_threshold,
+                mask_prob=mask_prob,
             )
         if self.instance_on:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
@@ -206,6 +222,7 @@ class MaskFormer(nn.Module):
                 num_classes=num_classes,
                 topk=self.test_topk_per_image,
                 thing_classes=self.thing_classes if self.panoptic_on else None,
+                mask_prob=mask_prob,
             )
         return result
 
@@ -221,6 +238,17 @@ class MaskFormer(nn.Module):
             padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
             new_targets.append({"labels": target.gt_classes, "masks": padded})
         return new_targets
+
+
+def _autocast_dtype(name):
+    """MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE as a torch dtype ("" = off)."""
+    dtypes = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(
+            f"MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE={name!r} is not supported: use \"\" (off, float32), "
+            "\"bfloat16\" or \"float16\""
+        )
+    return dtypes[name]
 
 
 def _thing_contiguous_ids(cfg, required):
