@@ -1,0 +1,9 @@
+"""Dataset registrations; importing this package registers them (lazily: no annotation file is read)."""
+from . import register_coco_panoptic_annos_semseg
+from .register_coco_panoptic_annos_semseg import (
+    coco_panoptic_metadata,
+    load_panoptic_json,
+    register_panoptic_annos_sem_seg,
+)
+
+__all__ = ["coco_panoptic_metadata", "load_panoptic_json", "register_panoptic_annos_sem_seg"]
