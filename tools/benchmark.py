@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.projects.deeplab import add_deeplab_config
@@ -31,6 +30,7 @@ from detectron2.structures import BitMasks, Instances
 from tabulate import tabulate
 
 from mask2former import add_maskformer2_config
+from mask2former.checkpoint import SafeCheckpointer
 
 STAGES = ("preprocessing", "backbone", "pixel decoder", "transformer decoder", "post-processing")
 
@@ -357,7 +357,7 @@ def main(argv=None):
     device = torch.device(args.device)
     model = build_model(cfg)
     if args.weights:
-        DetectionCheckpointer(model).load(args.weights)
+        SafeCheckpointer(model).load(args.weights)
     clock, memory = Clock(device), Memory(device)
     inputs = inference_input(args, cfg)
 
