@@ -26,11 +26,14 @@ class PositionEmbeddingSine(nn.Module):
     def forward(self, x, mask=None):
         n, _, h, w = x.shape
         if mask is None:
-            not_mask = torch.ones((n, h, w), device=x.device, dtype=torch.bool)
+            # Without padding all rows share their y positions and all columns their x positions: embed one column
+            # and one row, then broadcast (the same values for a fraction of the sines and cosines).
+            not_mask_y = torch.ones((1, h, 1), device=x.device, dtype=torch.bool)
+            not_mask_x = torch.ones((1, 1, w), device=x.device, dtype=torch.bool)
         else:
-            not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+            not_mask_y = not_mask_x = ~mask
+        y_embed = not_mask_y.cumsum(1, dtype=torch.float32)
+        x_embed = not_mask_x.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
             y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
@@ -43,4 +46,4 @@ class PositionEmbeddingSine(nn.Module):
         # Interleave sin (even frequencies) and cos (odd frequencies).
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+        return torch.cat((pos_y.expand(n, h, w, -1), pos_x.expand(n, h, w, -1)), dim=3).permute(0, 3, 1, 2)
