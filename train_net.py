@@ -17,7 +17,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import (
@@ -38,8 +37,10 @@ from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from mask2former import add_maskformer2_config
+from mask2former.checkpoint import SafeCheckpointer
 from mask2former.data import build_train_mapper
 from mask2former.evaluation import build_evaluator
+from mask2former.loss_guard import NonFiniteLossCheck
 
 logger = logging.getLogger("mask2former")
 
@@ -139,7 +140,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_checkpointer(cls, model, save_dir="", **checkpointables):
         """The checkpointer of every load and save of this script."""
-        return DetectionCheckpointer(model, save_dir, **checkpointables)
+        return SafeCheckpointer(model, save_dir, **checkpointables)
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss."""
+        return super().build_hooks() + [NonFiniteLossCheck()]
 
     def build_writers(self):
         """Console and ``metrics.json`` writers, plus TensorBoard's when the ``tensorboard`` package is installed."""

@@ -5,12 +5,20 @@ A non-finite loss stops training before it reaches the weights, naming the loss 
 """
 import copy
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from detectron2.engine import HookBase, SimpleTrainer
 from torch import nn
 
+from conftest import CONFIGS, ROOT, make_cfg
+from mask2former.checkpoint import SafeCheckpointer
+from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 from mask2former.loss_guard import NonFiniteLossCheck
 
 
@@ -58,3 +66,163 @@ def test_finite_losses_and_eval_outputs_pass():
     trainer.register_hooks([NonFiniteLossCheck()])
     trainer.train(0, 3)
     assert trainer.iter == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGKILL and --resume with the real train_net.py on CPU
+
+R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+MAX_ITER = 8
+TINY = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
+    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
+    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
+    "MODEL.MASK_FORMER.NHEADS 4",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+    "MODEL.MASK_FORMER.DEC_LAYERS 3",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 8",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS 64",
+    "MODEL.WEIGHTS ''",
+    "MODEL.DEVICE cpu",
+    "DATASETS.TEST ()",
+    "DATALOADER.NUM_WORKERS 0",
+    "INPUT.IMAGE_SIZE 64",
+    "SOLVER.IMS_PER_BATCH 1",
+    f"SOLVER.MAX_ITER {MAX_ITER}",
+    "SOLVER.CHECKPOINT_PERIOD 2",
+    "SOLVER.WARMUP_ITERS 4",
+    "TEST.EVAL_PERIOD 0",
+    "SEED 7",
+]
+
+# Runs train_net.py, but SIGKILLs itself half-way through writing the first checkpoint file of this process.
+KILLED_WHILE_SAVING = """
+import io, os, runpy, signal, sys, torch
+real_save = torch.save
+def save_half_then_die(obj, f):
+    if ".pth" in getattr(f, "name", ""):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(obj, f)
+torch.save = save_half_then_die
+sys.argv = ["train_net.py"] + sys.argv[1:]
+runpy.run_path("train_net.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    datasets = tmp_path_factory.mktemp("datasets")
+    generate_toy_panoptic(str(datasets / "toy_panoptic"), num_train=2, num_val=1, seed=0)
+    return datasets
+
+
+def _train_net(toy_root, out, *extra, script=("train_net.py",)):
+    """Start train_net.py on the toy dataset in a subprocess; its output goes to ``out/stdout.txt``."""
+    env = {**os.environ, "DETECTRON2_DATASETS": str(toy_root), "OMP_NUM_THREADS": "1"}
+    overrides = TINY + [f"OUTPUT_DIR {out}", "DATASETS.TRAIN ('toy_panoptic_train_panoptic',)"]
+    opts = [o for item in overrides for o in item.split(" ", 1)]
+    command = [sys.executable, *script, "--config-file", str(R50), *extra, *opts]
+    log = open(out / "stdout.txt", "a")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(process, timeout=240):
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+def _last_checkpoint(out):
+    return (out / "last_checkpoint").read_text()
+
+
+def _assert_every_checkpoint_loads(out):
+    for path in out.glob("*.pth"):
+        state = torch.load(path, weights_only=True)
+        assert {"model", "trainer", "iteration"} <= state.keys(), path
+
+
+def test_sigkill_after_first_checkpoint_and_during_a_save_then_resume(toy_root, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    # 1. SIGKILL from outside as soon as the first checkpoint has been tagged.
+    process = _train_net(toy_root, out)
+    deadline = time.monotonic() + 240
+    while not (out / "last_checkpoint").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert _wait(process) == -signal.SIGKILL, (out / "stdout.txt").read_text()[-3000:]
+    first = _last_checkpoint(out)
+    assert first == "model_0000001.pth"
+    _assert_every_checkpoint_loads(out)
+
+    # 2. --resume, killed half-way through writing its first checkpoint (model_0000003.pth).
+    process = _train_net(toy_root, out, "--resume", script=("-c", KILLED_WHILE_SAVING))
+    assert _wait(process) == -signal.SIGKILL, (out / "stdout.txt").read_text()[-3000:]
+    partial = out / "model_0000003.pth.tmp"
+    assert partial.exists() and partial.stat().st_size > 0
+    assert not (out / "model_0000003.pth").exists()
+    assert _last_checkpoint(out) == first
+    _assert_every_checkpoint_loads(out)
+
+    # 3. What --resume restores is exactly what was saved.
+    saved = torch.load(out / first, weights_only=True)
+    trainer = _resumed_trainer(toy_root, out)
+    assert trainer.start_iter == saved["iteration"] + 1 == 2
+    _assert_equal(trainer.model.state_dict(), saved["model"])
+    _assert_equal(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"])
+    _assert_equal(trainer.scheduler.state_dict(), saved["trainer"]["hooks"]["LRScheduler"])
+    assert isinstance(trainer.checkpointer, SafeCheckpointer)
+    assert any(isinstance(h, NonFiniteLossCheck) for h in trainer._hooks)
+    del trainer
+
+    # 4. --resume again: continues at iteration 2 and reaches MAX_ITER.
+    process = _train_net(toy_root, out, "--resume")
+    log = (out / "stdout.txt").read_text()
+    assert _wait(process) == 0, log[-3000:]
+    log = (out / "stdout.txt").read_text()
+    assert log.count("Starting training from iteration 0") == 1
+    assert log.count("Starting training from iteration 2") == 2  # the killed resume and this one
+    assert _last_checkpoint(out) == "model_final.pth"
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == final["trainer"]["iteration"] == MAX_ITER - 1
+    assert not list(out.glob("*.tmp"))
+    _assert_every_checkpoint_loads(out)
+
+
+def _resumed_trainer(toy_root, out):
+    sys.path.insert(0, str(ROOT))
+    import train_net
+
+    register_toy_panoptic(str(toy_root / "toy_panoptic"), name="crash_resume_toy")
+    overrides = TINY + [f"OUTPUT_DIR {out}", "DATASETS.TRAIN ('crash_resume_toy_train_panoptic',)"]
+    trainer = train_net.Trainer(make_cfg(R50, overrides))
+    trainer.resume_or_load(resume=True)
+    return trainer
+
+
+def _assert_equal(actual, expected, path="state"):
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), path
+        for key in expected:
+            _assert_equal(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), path
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_equal(a, e, f"{path}[{i}]")
+    elif torch.is_tensor(expected):
+        assert torch.equal(actual, expected), path
+    else:
+        assert actual == expected, path
