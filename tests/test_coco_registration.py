@@ -123,6 +123,13 @@ def test_missing_dataset_names_the_path_and_the_fix(tmp_path):
             MetadataCatalog.remove(name)
 
 
+def test_corrupt_json_names_the_file(coco_root):
+    panoptic_json = coco_root / "coco/annotations/panoptic_val2017.json"
+    panoptic_json.write_text(panoptic_json.read_text()[:100])
+    with pytest.raises(ValueError, match=f"{panoptic_json} is not valid JSON.*README"):
+        DatasetCatalog.get("coco_2017_val_panoptic")
+
+
 def test_semantic_pngs_from_panoptic(coco_root, capsys):
     assert prepare_semantic(["--root", str(coco_root / "coco"), "--splits", "val2017", "--workers", "2"]) == 0
     assert "val2017: 2/2 images" in capsys.readouterr().err

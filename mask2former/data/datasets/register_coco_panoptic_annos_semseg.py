@@ -10,6 +10,7 @@ detectron2 already registers ``coco_2017_{train,val}_panoptic`` with every class
 names are registered again here with the thing/stuff metadata below, which the panoptic and instance outputs
 rely on. Registration only records paths: nothing is read until a dataset is loaded.
 """
+import json
 import os
 from functools import partial
 
@@ -73,13 +74,17 @@ def load_panoptic_json(
     detectron2 dataset dicts of a COCO-format panoptic dataset: ``file_name``, ``image_id``,
     ``pan_seg_file_name``, ``segments_info`` (contiguous ``category_id`` and ``isthing``), and, when
     ``sem_seg_root`` is given, ``sem_seg_file_name`` (the PNG with the panoptic PNG's name).
-    A missing file or folder raises ``FileNotFoundError`` naming it, followed by ``how_to_prepare``.
+    A missing file or folder raises ``FileNotFoundError`` naming it, an unreadable json ``ValueError`` naming it,
+    both followed by ``how_to_prepare``.
     """
     required = [panoptic_json, image_root, panoptic_root] + ([sem_seg_root] if sem_seg_root else [])
     for path in required:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} does not exist: {how_to_prepare}")
-    dicts = load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata)
+    try:
+        dicts = load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{panoptic_json} is not valid JSON ({e}): {how_to_prepare}") from e
     if sem_seg_root:
         for d in dicts:
             d["sem_seg_file_name"] = os.path.join(sem_seg_root, os.path.basename(d["pan_seg_file_name"]))
