@@ -123,3 +123,13 @@ def test_torchvision_conversion_rejects_other_files(tmp_path, capsys):
     torch.save({"model": {}}, path)
     assert _tool("convert-torchvision-to-d2").main([str(path), str(tmp_path / "out.pkl")]) == 2
     assert "not a torchvision ResNet state dict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool", ["convert-pretrained-swin-model-to-d2", "convert-torchvision-to-d2"])
+def test_truncated_input_is_reported(tmp_path, capsys, tool):
+    path = tmp_path / "cut.pth"
+    torch.save({"model": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    assert _tool(tool).main([str(path), str(tmp_path / "out.pkl")]) == 2
+    assert f"{path} is truncated or damaged" in capsys.readouterr().err
+    assert not (tmp_path / "out.pkl").exists()

@@ -15,7 +15,9 @@ import os
 import pickle
 import sys
 
-import torch
+from torch import nn
+
+from mask2former.checkpoint import CorruptCheckpointError, SafeCheckpointer, UnsafeCheckpointError
 
 _DROPPED_PREFIXES = ("head.", "norm.")
 
@@ -32,7 +34,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     output = args.output or os.path.splitext(args.input)[0] + ".pkl"
 
-    checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
+    try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
+        checkpoint = SafeCheckpointer(nn.Module())._torch_load(args.input)
+    except (CorruptCheckpointError, UnsafeCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         print(
             f"error: {args.input} is not an official Swin checkpoint: expected a dict with the state dict under "

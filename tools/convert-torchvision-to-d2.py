@@ -13,7 +13,9 @@ import pickle
 import re
 import sys
 
-import torch
+from torch import nn
+
+from mask2former.checkpoint import CorruptCheckpointError, SafeCheckpointer, UnsafeCheckpointError
 
 # (torchvision pattern, detectron2 replacement), applied in order to each name.
 _RENAMES = [
@@ -47,7 +49,11 @@ def main(argv=None):
     parser.add_argument("output", help="detectron2 weights (.pkl)")
     args = parser.parse_args(argv)
 
-    state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
+    try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
+        state_dict = SafeCheckpointer(nn.Module())._torch_load(args.input)
+    except (CorruptCheckpointError, UnsafeCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not isinstance(state_dict, dict) or "conv1.weight" not in state_dict:
         print(f"error: {args.input} is not a torchvision ResNet state dict (no 'conv1.weight')", file=sys.stderr)
         return 2
