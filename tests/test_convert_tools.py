@@ -133,3 +133,5 @@ def test_truncated_input_is_reported(tmp_path, capsys, tool):
     assert _tool(tool).main([str(path), str(tmp_path / "out.pkl")]) == 2
     assert f"{path} is truncated or damaged" in capsys.readouterr().err
     assert not (tmp_path / "out.pkl").exists()
+    assert _tool(tool).main([str(tmp_path / "missing.pth"), str(tmp_path / "out.pkl")]) == 2
+    assert f"{tmp_path / 'missing.pth'} does not exist" in capsys.readouterr().err

@@ -34,6 +34,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     output = args.output or os.path.splitext(args.input)[0] + ".pkl"
 
+    if not os.path.isfile(args.input):
+        print(f"error: {args.input} does not exist", file=sys.stderr)
+        return 2
     try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
         checkpoint = SafeCheckpointer(nn.Module())._torch_load(args.input)
     except (CorruptCheckpointError, UnsafeCheckpointError) as e:

@@ -9,6 +9,7 @@ Use it with ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and ``MODEL.RESNETS.STEM_TYPE 
 as in the Mask2Former R-50 configs) and ``INPUT.FORMAT RGB`` with torchvision's pixel mean and std.
 """
 import argparse
+import os
 import pickle
 import re
 import sys
@@ -49,6 +50,9 @@ def main(argv=None):
     parser.add_argument("output", help="detectron2 weights (.pkl)")
     args = parser.parse_args(argv)
 
+    if not os.path.isfile(args.input):
+        print(f"error: {args.input} does not exist", file=sys.stderr)
+        return 2
     try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
         state_dict = SafeCheckpointer(nn.Module())._torch_load(args.input)
     except (CorruptCheckpointError, UnsafeCheckpointError) as e:
