@@ -20,15 +20,13 @@ import os
 import shutil
 import tempfile
 
-from functools import partial
-
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 from panopticapi.utils import id2rgb
 from PIL import Image
 from pycocotools import mask as mask_util
+
+from .datasets import register_panoptic_annos_sem_seg
 
 # Dataset ids with gaps, things first, as in COCO panoptic; contiguous ids follow this order.
 CATEGORIES = [
@@ -86,49 +84,20 @@ def default_root():
 
 def register_toy_panoptic(root=None, name="toy_panoptic"):
     """
-    Register both splits under COCO's naming: ``<name>_{train,val}_panoptic`` (panoptic annotations, for the
-    ``coco_panoptic_lsj`` mapper) and ``<name>_{train,val}_panoptic_with_sem_seg`` (plus semantic PNGs and the
-    instance json: evaluation of PQ, AP and mIoU in one pass). Loading fails with a clear message until the
-    dataset has been generated.
+    Register both splits under COCO's naming, with the COCO registration: ``<name>_{train,val}_panoptic``
+    (panoptic annotations, for the ``coco_panoptic_lsj`` mapper) and ``<name>_{train,val}_panoptic_with_sem_seg``
+    (plus the semantic PNGs: PQ, AP and mIoU in one evaluation pass). Loading fails with a message saying how to
+    generate the dataset until it exists.
     """
     root = root or default_root()
-    metadata = toy_panoptic_metadata()
+    how_to_prepare = (
+        f"generate the toy panoptic dataset with `python datasets/prepare_toy_panoptic.py --root {root}` "
+        "(or point DETECTRON2_DATASETS at the folder that contains toy_panoptic/)"
+    )
     for split in SPLITS:
-        paths = split_paths(root, split)
-        panoptic_name = f"{name}_{split}_panoptic"
-        DatasetCatalog.register(panoptic_name, partial(_load, root, paths, metadata, with_sem_seg=False))
-        DatasetCatalog.register(panoptic_name + "_with_sem_seg", partial(_load, root, paths, metadata, with_sem_seg=True))
-        for dataset_name in (panoptic_name, panoptic_name + "_with_sem_seg"):
-            MetadataCatalog.get(dataset_name).set(
-                image_root=paths["image_root"],
-                panoptic_root=paths["panoptic_root"],
-                panoptic_json=paths["panoptic_json"],
-                json_file=paths["instances_json"],
-                evaluator_type="coco_panoptic_seg",
-                ignore_label=IGNORE_LABEL,
-                label_divisor=1000,
-                **metadata,
-            )
-        MetadataCatalog.get(panoptic_name + "_with_sem_seg").set(sem_seg_root=paths["sem_seg_root"])
-
-
-def _load(root, paths, metadata, with_sem_seg):
-    if not all(os.path.isfile(paths[k]) for k in ("panoptic_json", "instances_json")):
-        raise FileNotFoundError(
-            f"the toy panoptic dataset is not at {root}; generate it with "
-            f"`python datasets/prepare_toy_panoptic.py --root {root}` (or set DETECTRON2_DATASETS)"
+        register_panoptic_annos_sem_seg(
+            f"{name}_{split}_panoptic", toy_panoptic_metadata(), how_to_prepare=how_to_prepare, **split_paths(root, split)
         )
-    try:
-        dicts = load_coco_panoptic_json(paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], metadata)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{paths['panoptic_json']} is not valid JSON ({e}); delete {root} and generate it again with "
-            f"`python datasets/prepare_toy_panoptic.py --root {root}`"
-        ) from e
-    if with_sem_seg:
-        for d in dicts:
-            d["sem_seg_file_name"] = os.path.join(paths["sem_seg_root"], os.path.basename(d["pan_seg_file_name"]))
-    return dicts
 
 
 def is_generated(root):

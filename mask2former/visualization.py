@@ -1,0 +1,105 @@
+"""Reading arbitrary user images, running a model on one image, and drawing its outputs or the ground truth."""
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from panopticapi.utils import rgb2id
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .checkpoint import SafeCheckpointer
+
+MODES = ("panoptic", "instance", "semantic")
+
+
+def read_image(path):
+    """
+    An image file as RGB uint8 (H, W, 3), upright: EXIF orientation applied, grayscale and 16-bit images
+    expanded to RGB, transparency composited over white.
+    """
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}; give a file PIL can open (JPEG, PNG, BMP, TIFF, ...)") from e
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(values / peak * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_weights(model, weights):
+    """Load ``weights`` (a path or URL, or "" for none) into ``model`` with the project's checkpointer."""
+    SafeCheckpointer(model).load(weights)
+
+
+class Predictor:
+    """
+    A model built from ``cfg`` with ``cfg.MODEL.WEIGHTS``, applied to single RGB images: resized as at test time
+    (shortest edge ``INPUT.MIN_SIZE_TEST``, at most ``INPUT.MAX_SIZE_TEST``), outputs at the original size.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        load_weights(self.model, cfg.MODEL.WEIGHTS)
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; use RGB or BGR")
+        self.input_format = cfg.INPUT.FORMAT
+
+    @torch.no_grad()
+    def __call__(self, rgb):
+        height, width = rgb.shape[:2]
+        image = self.resize.get_transform(rgb).apply_image(rgb)
+        if self.input_format == "BGR":
+            image = image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def _visualizer(rgb, metadata):
+    # Small images are drawn enlarged so that labels stay legible.
+    scale = max(1.0, 480.0 / max(rgb.shape[:2]))
+    return Visualizer(rgb, metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+
+
+def draw_prediction(rgb, outputs, metadata, mode="panoptic", score_threshold=0.5):
+    """The image with one kind of model output drawn over it, as RGB uint8."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; choose one of {MODES}")
+    key = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}[mode]
+    if key not in outputs:
+        raise ValueError(f"the model returned no {key!r}: turn on MODEL.MASK_FORMER.TEST.{mode.upper()}_ON")
+    vis = _visualizer(rgb, metadata)
+    if mode == "panoptic":
+        panoptic_seg, segments_info = outputs["panoptic_seg"]
+        out = vis.draw_panoptic_seg(panoptic_seg.cpu(), segments_info)
+    elif mode == "instance":
+        instances = outputs["instances"].to("cpu")
+        out = vis.draw_instance_predictions(instances[instances.scores >= score_threshold])
+    else:
+        out = vis.draw_sem_seg(outputs["sem_seg"].argmax(0).cpu())
+    return out.get_image()
+
+
+def draw_panoptic_ground_truth(rgb, dataset_dict, metadata):
+    """The panoptic annotation of a detectron2 dataset dict (``pan_seg_file_name``, ``segments_info``) drawn."""
+    ids = rgb2id(np.asarray(Image.open(dataset_dict["pan_seg_file_name"]).convert("RGB")))
+    out = _visualizer(rgb, metadata).draw_panoptic_seg(torch.as_tensor(ids), dataset_dict["segments_info"])
+    return out.get_image()
+
+
+def metadata_of(cfg):
+    """The metadata for drawing: of the first test dataset, else the first training dataset."""
+    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    return MetadataCatalog.get(names[0] if names else "__unused")

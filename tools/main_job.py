@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""
+The main job: Mask2Former trained and evaluated on the project's own panoptic dataset, out of the box, on CPU.
+
+1. generates the toy panoptic dataset (COCO layout) if it is missing;
+2. trains the tiny config with the project's Trainer (the real registration, mapper and evaluators),
+   evaluating PQ / AP / mIoU on the val split every TEST.EVAL_PERIOD iterations and at the end;
+3. prints the results table and writes, under --output:
+   ``main_job.json`` (final metrics, metrics over iterations, timings), ``training_curves.png`` (loss and
+   PQ / AP / mIoU over iterations), ``vis/*.png`` (image | ground truth | prediction for a few val images),
+   ``model_final.pth`` and the evaluator outputs (``inference/results.json``).
+
+    python tools/main_job.py [--output output/main_job] [--opts SOLVER.MAX_ITER 600 ...]
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.projects.deeplab import add_deeplab_config  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # train_net.py lives at the repository root
+
+from mask2former import add_maskformer2_config  # noqa: E402
+from mask2former.data.toy_panoptic import default_root, generate_toy_panoptic, is_generated  # noqa: E402
+from mask2former.evaluation.summary import format_summary, summarize_results  # noqa: E402
+from mask2former.visualization import draw_panoptic_ground_truth, draw_prediction, read_image  # noqa: E402
+from train_net import Trainer  # noqa: E402
+
+logger = logging.getLogger("main_job")
+CURVE_METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "AP"), ("sem_seg/mIoU", "mIoU"))
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(REPO, "configs/toy/maskformer2_R18_toy.yaml"))
+    parser.add_argument("--output", default=os.path.join(REPO, "output/main_job"))
+    parser.add_argument("--num-train", type=int, default=400, help="images to generate if the dataset is missing")
+    parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-vis", type=int, default=6, help="val images to visualize")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.OUTPUT_DIR = args.output
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def read_history(metrics_json, max_iter):
+    """
+    From the trainer's metrics.json: (iteration, total loss) as logged, and PQ / AP / mIoU of every evaluation
+    with the number of iterations trained before it (a record's "iteration" is the last step run; the final
+    evaluation's is ``max_iter``).
+    """
+    losses, evals = [], []
+    with open(metrics_json) as f:
+        for line in f:
+            record = json.loads(line)
+            if "total_loss" in record:
+                losses.append((record["iteration"] + 1, record["total_loss"]))
+            if CURVE_METRICS[0][0] in record:
+                trained = min(record["iteration"] + 1, max_iter)
+                evals.append({"iteration": trained, **{k: record.get(k) for k, _ in CURVE_METRICS}})
+    return losses, evals
+
+
+def plot_curves(losses, evals, path):
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    if losses:
+        ax_loss.plot(*zip(*losses), color="tab:red")
+    ax_loss.set(xlabel="iteration", ylabel="total loss", title="training loss", yscale="log")
+    for key, label in CURVE_METRICS:
+        points = [(e["iteration"], e[key]) for e in evals if e.get(key) is not None]
+        if points:
+            ax_metric.plot(*zip(*points), marker="o", label=label)
+    ax_metric.set(xlabel="iteration", ylabel="%", title="val metrics", ylim=(0, 100))
+    ax_metric.legend()
+    ax_metric.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _titled(panel, title):
+    """The panel under a white strip with its title."""
+    strip = np.full((28, panel.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
+
+
+@torch.no_grad()
+def write_visualizations(cfg, model, folder, count):
+    """Image | ground truth | prediction (panoptic) for the first ``count`` val images."""
+    os.makedirs(folder, exist_ok=True)
+    dataset_name = cfg.DATASETS.TEST[0]
+    metadata = MetadataCatalog.get(dataset_name)
+    model.eval()
+    paths = []
+    for d in DatasetCatalog.get(dataset_name)[:count]:
+        rgb = read_image(d["file_name"])
+        image = torch.as_tensor(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+        outputs = model([{"image": image, "height": rgb.shape[0], "width": rgb.shape[1]}])[0]
+        truth = draw_panoptic_ground_truth(rgb, d, metadata)
+        prediction = draw_prediction(rgb, outputs, metadata, "panoptic")
+        photo = np.asarray(Image.fromarray(rgb).resize(truth.shape[1::-1], Image.NEAREST))
+        panels = [_titled(p, t) for p, t in ((photo, "image"), (truth, "ground truth"), (prediction, "prediction"))]
+        path = os.path.join(folder, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
+        Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    setup_logger(output=os.path.join(args.output, "log.txt"))
+    setup_logger(name="mask2former")
+    setup_logger(name="main_job")
+    timings = {}
+    start = time.perf_counter()
+
+    root = default_root()
+    if not is_generated(root):
+        logger.info(f"Generating the toy panoptic dataset at {root} ...")
+        generate_toy_panoptic(root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    timings["dataset_s"] = time.perf_counter() - start
+
+    cfg = setup_cfg(args)
+    logger.info(f"Training {args.config_file} on {cfg.MODEL.DEVICE} with {torch.get_num_threads()} threads")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    tick = time.perf_counter()
+    trainer.train()
+    timings["train_and_eval_s"] = time.perf_counter() - tick
+
+    with open(os.path.join(cfg.OUTPUT_DIR, "inference", "results.json")) as f:
+        final = json.load(f)
+    losses, evals = read_history(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.SOLVER.MAX_ITER)
+    plot_curves(losses, evals, os.path.join(args.output, "training_curves.png"))
+    tick = time.perf_counter()
+    vis = write_visualizations(cfg, trainer.model, os.path.join(args.output, "vis"), args.num_vis)
+    timings["visualization_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - start
+
+    summary = summarize_results(final["results"])
+    report = {
+        "config": args.config_file,
+        "device": cfg.MODEL.DEVICE,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "final": summary,
+        "history": evals,
+        "timings": timings,
+        "visualizations": vis,
+    }
+    with open(os.path.join(args.output, "main_job.json"), "w") as f:
+        json.dump(report, f, indent=2)
+
+    history = "\n".join(
+        f"  iter {e['iteration']:>5}: "
+        + "  ".join(f"{label} {e[key]:.1f}" for key, label in CURVE_METRICS if e[key] is not None)
+        for e in evals
+    )
+    print(f"\nMain job results on {cfg.DATASETS.TEST[0]} after {cfg.SOLVER.MAX_ITER} iterations:\n")
+    print(format_summary(summary))
+    print(f"\nover training:\n{history}")
+    print(
+        "\ntime: dataset {dataset_s:.0f} s, training + evaluation {train_and_eval_s:.0f} s, "
+        "visualizations {visualization_s:.0f} s, total {total_s:.0f} s".format(**timings)
+    )
+    print(f"outputs: {args.output} (main_job.json, training_curves.png, vis/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
