@@ -1,9 +1,86 @@
-"""Multi-scale deformable attention: the one entry point the pixel decoder calls."""
+"""
+Multi-scale deformable attention (Deformable DETR), the sampling step of ``MSDeformAttn``.
+
+``ms_deform_attn`` is the one entry point: it runs the compiled CPU or CUDA kernels for the tensors' device and
+falls back, with one warning, to ``ms_deform_attn_reference`` (pure PyTorch, ``grid_sample``) when no kernels can
+be built. Importing this package never compiles anything and never fails because of the kernels.
+"""
+import torch
+
+from .function import MSDeformAttnFunction
+from .kernels import kernels_for
 from .reference import ms_deform_attn_reference
 
-__all__ = ["ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = ["MSDeformAttnFunction", "kernels_for", "ms_deform_attn", "ms_deform_attn_reference"]
+
+
+def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    if value.dim() != 4:
+        raise ValueError(f"value must be (N, S, M, D), got shape {tuple(value.shape)}")
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(f"sampling_locations must be (N, Lq, M, L, P, 2), got shape {tuple(sampling_locations.shape)}")
+    n, s, m, _ = value.shape
+    _, _, _, levels, _, _ = sampling_locations.shape
+    if sampling_locations.shape[0] != n or sampling_locations.shape[2] != m:
+        raise ValueError(
+            f"sampling_locations {tuple(sampling_locations.shape)} must have N={n} and M={m} like value "
+            f"{tuple(value.shape)}"
+        )
+    if attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(
+            f"attention_weights must be (N, Lq, M, L, P) = {tuple(sampling_locations.shape[:-1])}, "
+            f"got {tuple(attention_weights.shape)}"
+        )
+    if tuple(spatial_shapes.shape) != (levels, 2) or tuple(level_start_index.shape) != (levels,):
+        raise ValueError(
+            f"spatial_shapes must be ({levels}, 2) and level_start_index ({levels},) for L={levels} levels, got "
+            f"{tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}"
+        )
+    floating = {"value": value, "sampling_locations": sampling_locations, "attention_weights": attention_weights}
+    for name, t in floating.items():
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != value.device:
+            raise ValueError(f"{name} is on {t.device} but value is on {value.device}: move them to one device")
+    if spatial_shapes.is_floating_point() or level_start_index.is_floating_point():
+        raise TypeError("spatial_shapes and level_start_index must be integer tensors (int64)")
+    # Level offsets are checked where that costs no device synchronization; on a GPU they are trusted.
+    if spatial_shapes.device.type == "cpu" and level_start_index.device.type == "cpu":
+        sizes = spatial_shapes.long().prod(1)
+        if int(sizes.sum()) != s:
+            raise ValueError(
+                f"value has S={s} pixels but spatial_shapes {spatial_shapes.tolist()} add up to {int(sizes.sum())}"
+            )
+        starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        if not torch.equal(level_start_index.long(), starts):
+            raise ValueError(
+                f"level_start_index {level_start_index.tolist()} does not match spatial_shapes: "
+                f"expected {starts.tolist()}"
+            )
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """See :func:`ms_deform_attn_reference` for shapes; returns (N, Lq, M * D)."""
-    return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    """
+    Multi-scale deformable attention sampling.
+
+    Args:
+        value: (N, S, M, D) values of all levels, flattened and concatenated; S = sum of H_l * W_l.
+        spatial_shapes: (L, 2) int64, (H_l, W_l) of each level.
+        level_start_index: (L,) int64, offset of each level in S.
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y); outside [0, 1] reads zeros.
+        attention_weights: (N, Lq, M, L, P) weights of the L * P samples of each head.
+
+    Returns:
+        (N, Lq, M * D) in the dtype of ``value``. Under ``torch.autocast`` an fp32 value is cast to the autocast
+        dtype, like the inputs of a matmul (the kernels still sum in fp32).
+    """
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    device_type = value.device.type
+    kernels = kernels_for(device_type)
+    if kernels is None:
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if torch.is_autocast_enabled(device_type) and value.dtype == torch.float32:
+        value = value.to(torch.get_autocast_dtype(device_type))
+    return MSDeformAttnFunction.apply(
+        kernels, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
