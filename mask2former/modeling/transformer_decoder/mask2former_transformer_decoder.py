@@ -254,7 +254,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             # A query whose mask is empty at this level attends everywhere rather than nowhere.
-            attn_mask.masked_fill_(attn_mask.all(-1, keepdim=True), False)
+            attn_mask[attn_mask.all(-1)] = False
             output = self.transformer_cross_attention_layers[i](
                 output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
             )
