@@ -7,9 +7,11 @@ Prints a table and writes the same numbers as JSON. Weights are random unless ``
 timings depend on the shapes, not on the values (except post-processing, a small share, through the number of
 segments found).
 
-Example:
-    python tools/benchmark.py --config-file configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \
-        --device cpu --input-size 800 1216 --skip-train --json bench.json
+Example (--opts, if any, goes last):
+    python tools/benchmark.py \
+        --config-file configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \
+        --device cpu --input-size 800 1216 --skip-train --json bench.json \
+        --opts MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16
 """
 import argparse
 import json
@@ -67,6 +69,11 @@ def parse_args(argv=None):
 
 
 def setup_cfg(args):
+    flags = [opt for opt in args.opts if opt.startswith("--")]
+    if flags:
+        raise SystemExit(
+            f"--opts takes the rest of the command line as KEY VALUE pairs, but got {flags}: put --opts last"
+        )
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
@@ -321,6 +328,7 @@ def table(results):
         ["config", results["config"]],
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
+        ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
     ]
     inf = results["inference"]
     size = "x".join(map(str, results["inference_size"]))
