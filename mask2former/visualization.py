@@ -52,7 +52,7 @@ class Predictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         load_weights(self.model, cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; use RGB or BGR")
         self.input_format = cfg.INPUT.FORMAT
@@ -60,7 +60,9 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, rgb):
         height, width = rgb.shape[:2]
-        image = self.resize.get_transform(rgb).apply_image(rgb)
+        new_height, new_width = T.ResizeShortestEdge.get_output_shape(height, width, self.min_size, self.max_size)
+        # The long-side limit can shrink a very thin image (a 20000x64 panorama) to 0 pixels: keep at least 1.
+        image = T.ResizeTransform(height, width, max(new_height, 1), max(new_width, 1)).apply_image(rgb)
         if self.input_format == "BGR":
             image = image[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
