@@ -415,6 +415,27 @@ def test_save_is_atomic_and_tags_last_checkpoint(tmp_path, monkeypatch):
     SafeCheckpointer(Net()).load(checkpointer.get_checkpoint_file())
 
 
+def test_killed_before_last_checkpoint_is_retagged_keeps_the_previous_tag(tmp_path, monkeypatch):
+    from mask2former.checkpoint import atomic
+
+    checkpointer = SafeCheckpointer(Net(), str(tmp_path))
+    checkpointer.save("model_0000000")
+    real_replace = os.replace
+
+    def dies_before_tagging(src, dst):
+        if str(dst).endswith("last_checkpoint"):
+            raise KeyboardInterrupt("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", dies_before_tagging)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_0000001")
+    monkeypatch.undo()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    for name in ["model_0000000.pth", "model_0000001.pth"]:  # the new file is complete, merely not tagged yet
+        SafeCheckpointer(Net()).load(str(tmp_path / name))
+
+
 def test_state_that_weights_only_cannot_read_is_not_saved(tmp_path):
     class Unsafe:
         def state_dict(self):
