@@ -17,7 +17,6 @@ import os
 import weakref
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -29,14 +28,14 @@ from detectron2.engine import (
     launch,
 )
 from detectron2.evaluation import verify_results
-from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
+from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
-from mask2former import add_maskformer2_config
+from mask2former import get_maskformer2_cfg
 from mask2former.checkpoint import SafeCheckpointer
 from mask2former.data import build_train_mapper
 from mask2former.evaluation import build_evaluator
@@ -131,16 +130,18 @@ class Trainer(DefaultTrainer):
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = self.build_checkpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def build_checkpointer(cls, model, save_dir="", **checkpointables):
-        """The checkpointer of every load and save of this script."""
-        return SafeCheckpointer(model, save_dir, **checkpointables)
+    def build_checkpointer(cls, cfg, model, **checkpointables):
+        """The checkpointer of every load and save of this script, saving to OUTPUT_DIR."""
+        return SafeCheckpointer(
+            model, cfg.OUTPUT_DIR, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK, **checkpointables
+        )
 
     def build_hooks(self):
         """DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss."""
@@ -185,11 +186,7 @@ class Trainer(DefaultTrainer):
 
 def setup(args):
     """The config of the command line: detectron2's and DeepLab's defaults, Mask2Former's keys, file, overrides."""
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_maskformer2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_maskformer2_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
@@ -200,7 +197,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

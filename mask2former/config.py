@@ -1,5 +1,21 @@
 """Config keys of Mask2Former, added on top of detectron2's defaults and DeepLab's."""
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+from detectron2.projects.deeplab import add_deeplab_config
+
+
+def get_maskformer2_cfg(config_file, opts=()):
+    """
+    The config of a Mask2Former YAML as every entry point builds it: detectron2's defaults, DeepLab's and
+    Mask2Former's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` (``[KEY, VALUE, ...]``).
+    Not frozen.
+    """
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    cfg.merge_from_file(str(config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def add_maskformer2_config(cfg):
@@ -60,6 +76,9 @@ def add_maskformer2_config(cfg):
     # Not in the original: the fast inference path. "" = float32 (default); "bfloat16" or "float16" run the
     # backbone and head under torch.autocast with that dtype (post-processing stays float32).
     mf.TEST.AUTOCAST_DTYPE = ""
+    # Not in the original: check checkpoint files named *_<6 hex>.pkl/.pth against that md5 prefix before
+    # loading them. False for a file you renamed yourself ($MASK2FORMER_MD5_CHECK=0 also turns it off).
+    cfg.MODEL.WEIGHTS_MD5_CHECK = True
 
     # Pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

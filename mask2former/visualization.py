@@ -36,11 +36,6 @@ def read_image(path):
     return np.asarray(image.convert("RGB"))
 
 
-def load_weights(model, weights):
-    """Load ``weights`` (a path or URL, or "" for none) into ``model`` with the project's checkpointer."""
-    SafeCheckpointer(model).load(weights)
-
-
 class Predictor:
     """
     A model built from ``cfg`` with ``cfg.MODEL.WEIGHTS``, applied to single RGB images: resized as at test time
@@ -51,7 +46,7 @@ class Predictor:
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
-        load_weights(self.model, cfg.MODEL.WEIGHTS)
+        SafeCheckpointer(self.model, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK).load(cfg.MODEL.WEIGHTS)
         self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; use RGB or BGR")

@@ -6,25 +6,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 CONFIGS = ROOT / "configs"
+R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+# Overrides of R50 for a model small enough to train in seconds on CPU, for the 7 classes of the toy dataset.
+TINY_MODEL = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
+    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
+    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
+    "MODEL.MASK_FORMER.NHEADS 4",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+    "MODEL.WEIGHTS ''",
+    "MODEL.DEVICE cpu",
+]
 
 
 def make_cfg(config_file, overrides=()):
-    """get_cfg() + DeepLab keys + Mask2Former keys, then the YAML, then ``KEY VALUE`` override strings."""
-    from detectron2.config import get_cfg
-    from detectron2.projects.deeplab import add_deeplab_config
+    """The config users get from ``config_file`` and ``KEY VALUE`` override strings."""
+    from mask2former import get_maskformer2_cfg
 
-    from mask2former import add_maskformer2_config
-
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_maskformer2_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    opts = []
-    for item in overrides:
-        key, value = item.split(" ", 1)
-        opts += [key, value]
-    cfg.merge_from_list(opts)
-    return cfg
+    return get_maskformer2_cfg(config_file, [part for item in overrides for part in item.split(" ", 1)])
 
 
 @pytest.fixture(scope="session")

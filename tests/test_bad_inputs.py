@@ -24,10 +24,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, make_cfg
+from conftest import R50, TINY_MODEL, make_cfg
 from mask2former.checkpoint import CorruptCheckpointError, SafeCheckpointer
 
-R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 
 ROWS = {}
 
@@ -102,7 +101,7 @@ def image_with_no_segments(tmp_path):
 
     from mask2former.data import build_train_mapper
 
-    cfg = make_cfg(R50, TINY_MODEL)
+    cfg = make_cfg(R50, TINY)
     image, pan_seg = tmp_path / "image.jpg", tmp_path / "pan.png"
     Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(image)
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(pan_seg)  # every pixel void
@@ -192,22 +191,11 @@ def truncated_zoo_checkpoint(tmp_path):
 # Images
 
 
-TINY_MODEL = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
-    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
-    "MODEL.MASK_FORMER.NHEADS 4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+TINY = [
+    *TINY_MODEL,
     "MODEL.MASK_FORMER.DEC_LAYERS 3",
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 8",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS 64",
-    "MODEL.WEIGHTS ''",
-    "MODEL.DEVICE cpu",
     "INPUT.IMAGE_SIZE 64",
     "INPUT.MIN_SIZE_TEST 64",
     "INPUT.MAX_SIZE_TEST 96",
@@ -219,7 +207,7 @@ def _predictor():
     from mask2former.visualization import Predictor
 
     torch.manual_seed(0)
-    return Predictor(make_cfg(R50, TINY_MODEL))
+    return Predictor(make_cfg(R50, TINY))
 
 
 def _read_and_predict(path):

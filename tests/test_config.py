@@ -23,6 +23,7 @@ ZOO = {
 # Keys we add on top of the original's, each with a default that keeps the original's behaviour.
 ADDED_KEYS = {
     "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE": "",  # the fast inference path (off)
+    "MODEL.WEIGHTS_MD5_CHECK": True,  # checkpoint integrity (on)
 }
 
 

@@ -16,7 +16,7 @@ import torch
 from detectron2.engine import HookBase, SimpleTrainer
 from torch import nn
 
-from conftest import CONFIGS, ROOT, make_cfg
+from conftest import R50, ROOT, TINY_MODEL, make_cfg
 from mask2former.checkpoint import SafeCheckpointer
 from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 from mask2former.loss_guard import NonFiniteLossCheck
@@ -71,24 +71,12 @@ def test_finite_losses_and_eval_outputs_pass():
 # ---------------------------------------------------------------------------------------------------------------
 # SIGKILL and --resume with the real train_net.py on CPU
 
-R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 MAX_ITER = 8
 TINY = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
-    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
-    "MODEL.MASK_FORMER.NHEADS 4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+    *TINY_MODEL,
     "MODEL.MASK_FORMER.DEC_LAYERS 3",
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 8",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS 64",
-    "MODEL.WEIGHTS ''",
-    "MODEL.DEVICE cpu",
     "DATASETS.TEST ()",
     "DATALOADER.NUM_WORKERS 0",
     "INPUT.IMAGE_SIZE 64",

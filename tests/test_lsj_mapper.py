@@ -5,10 +5,9 @@ import torch
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from conftest import CONFIGS, make_cfg
+from conftest import R50, make_cfg
 from mask2former.data import COCOPanopticLSJDatasetMapper, build_train_mapper
 
-R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 HEIGHT, WIDTH = 60, 90
 # (segment id, contiguous class, iscrowd, colour, region (y0, y1, x0, x1)); together they tile the image.
 SEGMENTS = [

@@ -16,6 +16,7 @@ from mask2former.ops.ms_deform_attn import (
     kernels_for,
     ms_deform_attn,
     ms_deform_attn_reference,
+    reference_only,
 )
 
 LEVELS = [(7, 9), (4, 5), (2, 3)]
@@ -189,6 +190,17 @@ def test_dispatch_uses_the_compiled_cpu_kernel():
     value, shapes, starts, locations, weights = make_inputs(1)
     out = ms_deform_attn(value.requires_grad_(), shapes, starts, locations, weights)
     assert type(out.grad_fn).__name__ == "MSDeformAttnFunctionBackward"
+
+
+def test_reference_only_runs_the_reference_inside_the_block():
+    value, shapes, starts, locations, weights = make_inputs(1)
+    value.requires_grad_()
+    with reference_only():
+        out = ms_deform_attn(value, shapes, starts, locations, weights)
+    assert type(out.grad_fn).__name__ != "MSDeformAttnFunctionBackward"
+    assert torch.equal(out, ms_deform_attn_reference(value, shapes, starts, locations, weights))
+    after = ms_deform_attn(value, shapes, starts, locations, weights)
+    assert type(after.grad_fn).__name__ == "MSDeformAttnFunctionBackward", "the kernels again after the block"
 
 
 @pytest.fixture

@@ -14,26 +14,14 @@ import sys
 import pytest
 import torch
 
-from conftest import CONFIGS, ROOT
+from conftest import R50, ROOT, TINY_MODEL
 from mask2former.data.toy_panoptic import generate_toy_panoptic
 
-R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 TINY = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
-    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
-    "MODEL.MASK_FORMER.NHEADS 4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+    *TINY_MODEL,
     "MODEL.MASK_FORMER.DEC_LAYERS 4",
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 10",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS 256",
-    "MODEL.WEIGHTS ''",
-    "MODEL.DEVICE cpu",
     "DATASETS.TRAIN ('toy_panoptic_train_panoptic',)",
     "DATASETS.TEST ()",
     "DATALOADER.NUM_WORKERS 0",

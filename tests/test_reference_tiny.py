@@ -103,8 +103,12 @@ def test_final_predictions_and_semantic_output(reference_run, image):
     _close(sem_seg[:, ::16, ::16], expected["sem_seg_s16"], 2e-3)
     _close(sem_seg[:, h - 1, ::16], expected["sem_seg_lastrow_s16"], 2e-3)
     _close(sem_seg[:, ::16, w - 1], expected["sem_seg_lastcol_s16"], 2e-3)
-    differing = int((sem_seg.argmax(0).numpy() != expected["sem_seg_argmax"]).sum())
-    assert differing <= 1e-4 * h * w
+    # The fixture's images have up to 66 pixels whose top-2 classes are within 1e-4: float noise may flip those,
+    # and only those.
+    scores = sem_seg.numpy()
+    ys, xs = np.nonzero(scores.argmax(0) != expected["sem_seg_argmax"])
+    gaps = scores[:, ys, xs].max(0) - scores[expected["sem_seg_argmax"][ys, xs], ys, xs]
+    assert len(ys) <= 66 and (gaps <= 1e-4).all(), f"{len(ys)} pixels differ, largest score gap {gaps.max()}"
 
 
 @pytest.mark.parametrize("image", "AB")

@@ -2,6 +2,7 @@
 import json
 import logging
 import math
+import pickle
 import sys
 
 import pytest
@@ -10,31 +11,20 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
-from conftest import CONFIGS, FIXTURES, ROOT, make_cfg
+from conftest import CONFIGS, FIXTURES, R50, ROOT, TINY_MODEL, make_cfg
+from mask2former.checkpoint import CorruptCheckpointError
 from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 
 sys.path.insert(0, str(ROOT))
 import train_net  # noqa: E402
 
-R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 SWIN_T = CONFIGS / "coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 TOY = "train_net_test_toy"
 TINY = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
-    "MODEL.RESNETS.WIDTH_PER_GROUP 4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
-    "MODEL.MASK_FORMER.HIDDEN_DIM 32",
-    "MODEL.MASK_FORMER.NHEADS 4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",
+    *TINY_MODEL,
     "MODEL.MASK_FORMER.DEC_LAYERS 4",
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 10",
     "MODEL.MASK_FORMER.TRAIN_NUM_POINTS 256",
-    "MODEL.WEIGHTS ''",
-    "MODEL.DEVICE cpu",
     f"DATASETS.TRAIN ('{TOY}_train_panoptic',)",
     "DATASETS.TEST ()",
     "DATALOADER.NUM_WORKERS 0",
@@ -171,6 +161,17 @@ def test_scheduler_named_by_the_config():
     assert _lr_at(poly, 5) == pytest.approx(0.5**0.9)
     cosine = make_cfg(R50, common + ["SOLVER.LR_SCHEDULER_NAME WarmupCosineLR"])
     assert _lr_at(cosine, 5) == pytest.approx(0.5)
+
+
+def test_md5_check_follows_the_config_switch(tmp_path):
+    weights = {k: v.numpy() + 1 for k, v in Small().state_dict().items()}
+    renamed = tmp_path / "my_run_abc123.pkl"  # not the md5 prefix of the file
+    renamed.write_bytes(pickle.dumps({"model": weights, "__author__": "me"}))
+    with pytest.raises(CorruptCheckpointError, match="MODEL.WEIGHTS_MD5_CHECK False"):
+        train_net.Trainer.build_checkpointer(make_cfg(R50), Small()).load(str(renamed))
+    model = Small()
+    train_net.Trainer.build_checkpointer(make_cfg(R50, ["MODEL.WEIGHTS_MD5_CHECK False"]), model).load(str(renamed))
+    assert all(torch.equal(model.state_dict()[k], torch.as_tensor(v)) for k, v in weights.items())
 
 
 def test_unsupported_optimizer_is_explained():

@@ -14,6 +14,7 @@ Example (--opts, if any, goes last):
         --opts MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16
 """
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -25,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.structures import BitMasks, Instances
 from tabulate import tabulate
 
-from mask2former import add_maskformer2_config
+from mask2former import get_maskformer2_cfg
 from mask2former.checkpoint import SafeCheckpointer
+from mask2former.ops.ms_deform_attn import reference_only
 
 STAGES = ("preprocessing", "backbone", "pixel decoder", "transformer decoder", "post-processing")
 
@@ -63,6 +63,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--num-targets", type=int, default=12, help="ground-truth segments per training image")
     parser.add_argument("--skip-flops", action="store_true", help="do not count FLOPs")
+    parser.add_argument(
+        "--op", default="kernels", choices=["kernels", "reference"],
+        help="deformable attention: the compiled kernels, or the pure-PyTorch reference (the original's CPU path)",
+    )
     parser.add_argument("--json", default="", help="where to write the results (default: print only)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
@@ -74,11 +78,7 @@ def setup_cfg(args):
         raise SystemExit(
             f"--opts takes the rest of the command line as KEY VALUE pairs, but got {flags}: put --opts last"
         )
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_maskformer2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_maskformer2_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
@@ -329,6 +329,7 @@ def table(results):
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
         ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
+        ["deformable attention", "compiled kernels" if results["op"] == "kernels" else "pure-PyTorch reference"],
     ]
     inf = results["inference"]
     size = "x".join(map(str, results["inference_size"]))
@@ -365,7 +366,7 @@ def main(argv=None):
     device = torch.device(args.device)
     model = build_model(cfg)
     if args.weights:
-        SafeCheckpointer(model).load(args.weights)
+        SafeCheckpointer(model, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK).load(args.weights)
     clock, memory = Clock(device), Memory(device)
     inputs = inference_input(args, cfg)
 
@@ -377,10 +378,12 @@ def main(argv=None):
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "inference_size": list(inputs["image"].shape[1:]),
         "autocast_dtype": cfg.MODEL.MASK_FORMER.TEST.get("AUTOCAST_DTYPE", ""),
+        "op": args.op,
     }
-    results["inference"] = measure_inference(model, inputs, args, clock, memory)
-    if not args.skip_train:
-        results["training"] = measure_training(model, cfg, args, device, clock, memory)
+    with reference_only() if args.op == "reference" else contextlib.nullcontext():
+        results["inference"] = measure_inference(model, inputs, args, clock, memory)
+        if not args.skip_train:
+            results["training"] = measure_training(model, cfg, args, device, clock, memory)
     if not args.skip_flops:
         results["gflops"] = count_flops(model, inputs)
 

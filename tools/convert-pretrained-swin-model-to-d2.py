@@ -15,9 +15,8 @@ import os
 import pickle
 import sys
 
-from torch import nn
 
-from mask2former.checkpoint import CorruptCheckpointError, SafeCheckpointer, UnsafeCheckpointError
+from mask2former.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, load_torch_weights
 
 _DROPPED_PREFIXES = ("head.", "norm.")
 
@@ -34,12 +33,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     output = args.output or os.path.splitext(args.input)[0] + ".pkl"
 
-    if not os.path.isfile(args.input):
-        print(f"error: {args.input} does not exist", file=sys.stderr)
-        return 2
-    try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
-        checkpoint = SafeCheckpointer(nn.Module())._torch_load(args.input)
-    except (CorruptCheckpointError, UnsafeCheckpointError) as e:
+    try:  # weights-only loading: no code runs; a missing or damaged file is named
+        checkpoint = load_torch_weights(args.input)
+    except (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):

@@ -9,14 +9,11 @@ Use it with ``MODEL.RESNETS.STRIDE_IN_1X1 False`` and ``MODEL.RESNETS.STEM_TYPE 
 as in the Mask2Former R-50 configs) and ``INPUT.FORMAT RGB`` with torchvision's pixel mean and std.
 """
 import argparse
-import os
 import pickle
 import re
 import sys
 
-from torch import nn
-
-from mask2former.checkpoint import CorruptCheckpointError, SafeCheckpointer, UnsafeCheckpointError
+from mask2former.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, load_torch_weights
 
 # (torchvision pattern, detectron2 replacement), applied in order to each name.
 _RENAMES = [
@@ -50,12 +47,9 @@ def main(argv=None):
     parser.add_argument("output", help="detectron2 weights (.pkl)")
     args = parser.parse_args(argv)
 
-    if not os.path.isfile(args.input):
-        print(f"error: {args.input} does not exist", file=sys.stderr)
-        return 2
-    try:  # weights-only loading by the project's checkpointer: no code runs, a damaged file is named
-        state_dict = SafeCheckpointer(nn.Module())._torch_load(args.input)
-    except (CorruptCheckpointError, UnsafeCheckpointError) as e:
+    try:  # weights-only loading: no code runs; a missing or damaged file is named
+        state_dict = load_torch_weights(args.input)
+    except (FileNotFoundError, CorruptCheckpointError, UnsafeCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not isinstance(state_dict, dict) or "conv1.weight" not in state_dict:

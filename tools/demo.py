@@ -14,12 +14,10 @@ import os
 import sys
 import time
 
-from detectron2.config import get_cfg
-from detectron2.projects.deeplab import add_deeplab_config
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 
-from mask2former import add_maskformer2_config
+from mask2former import get_maskformer2_cfg
 from mask2former.visualization import MODES, Predictor, draw_prediction, metadata_of, read_image
 
 
@@ -36,11 +34,7 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_maskformer2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_maskformer2_cfg(args.config_file, args.opts)
     if args.weights:
         cfg.MODEL.WEIGHTS = args.weights
     # The requested output must be computed; the others are skipped.

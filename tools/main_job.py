@@ -26,16 +26,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.projects.deeplab import add_deeplab_config  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # train_net.py lives at the repository root
 
-from mask2former import add_maskformer2_config  # noqa: E402
+from mask2former import get_maskformer2_cfg  # noqa: E402
 from mask2former.data.toy_panoptic import default_root, generate_toy_panoptic, is_generated  # noqa: E402
 from mask2former.evaluation.summary import format_summary, summarize_results  # noqa: E402
 from mask2former.visualization import draw_panoptic_ground_truth, draw_prediction, read_image  # noqa: E402
@@ -58,13 +56,8 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_deeplab_config(cfg)
-    add_maskformer2_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg.OUTPUT_DIR = args.output
-    cfg.merge_from_list(args.opts)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = get_maskformer2_cfg(args.config_file, ["MODEL.DEVICE", device, "OUTPUT_DIR", args.output, *args.opts])
     cfg.freeze()
     return cfg
 

@@ -20,7 +20,7 @@ key=$(
   cd "$root"
   {
     echo "$torch_spec"
-    cat requirements/*.txt setup.py tools/setup_env.sh
+    cat requirements/*.txt setup.py tools/setup_env.sh mask2former/ops/ms_deform_attn/build.py
     find mask2former/ops -type f \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' \) -print0 \
       | sort -z | xargs -0 cat
   } | sha256sum | cut -d' ' -f1

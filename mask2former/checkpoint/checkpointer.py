@@ -20,14 +20,15 @@ class SafeCheckpointer(DetectionCheckpointer):
       that admits only containers, strings, numbers and numpy arrays; ``.pth``/``.pyth`` files by
       ``torch.load(weights_only=True)``.
     * files named ``*_<6 hex>.pkl``/``.pth`` (local or downloaded from a URL into detectron2's cache) must have an
-      md5 starting with those digits. ``verify_md5=False`` or ``$MASK2FORMER_MD5_CHECK=0`` turns this off.
+      md5 starting with those digits. ``verify_md5=False`` (``MODEL.WEIGHTS_MD5_CHECK False``) or
+      ``$MASK2FORMER_MD5_CHECK=0`` turns this off.
     * checkpoints and ``last_checkpoint`` are written atomically, so a run killed at any moment leaves the
       previous checkpoint loadable; a checkpoint that ``weights_only`` could not read back is never written.
     """
 
-    def __init__(self, model, save_dir="", *, save_to_disk=None, verify_md5=None, **checkpointables):
+    def __init__(self, model, save_dir="", *, save_to_disk=None, verify_md5=True, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
-        self.verify_md5 = md5_check_enabled() if verify_md5 is None else verify_md5
+        self.verify_md5 = verify_md5 and md5_check_enabled()
 
     def load(self, path, *args, **kwargs):
         if path:
@@ -77,26 +78,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _torch_load(self, f):
-        try:
-            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
-        except pickle.UnpicklingError as e:
-            message = str(e)
-            if "Weights only load failed" not in message:
-                raise CorruptCheckpointError(f"Checkpoint {f} is truncated or damaged ({message}).") from e
-            found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"WeightsUnpickler error: (.*)", message)
-            what = f"the global '{found.group(1)}'" if found else "an object"
-            raise UnsafeCheckpointError(
-                f"Refusing to load {f}: it contains {what}, which torch.load(weights_only=True) does not admit "
-                "because loading it could run code. Only tensors, numbers, strings and containers of them are "
-                "admitted. If you trust the file, load it in a separate Python session and re-save its state dict."
-            ) from None
-        except PermissionError:
-            raise
-        except (RuntimeError, EOFError, OSError) as e:  # torch's zip reader fails on a cut file with any of these
-            raise CorruptCheckpointError(
-                f"Checkpoint {f} is truncated or damaged ({type(e).__name__}: {e}). Copy or download it again; "
-                "if training was killed while saving, resume from the checkpoint named in last_checkpoint."
-            ) from e
+        return load_torch_weights(f)
 
     def save(self, name, **kwargs):
         """Like :meth:`Checkpointer.save`, but the file appears complete or not at all."""
@@ -126,3 +108,33 @@ def _require_weights_only_loadable(tmp, save_file):
             "refuses, so resuming from it would fail. The state_dict() of the model, optimizer, scheduler and "
             "hooks must hold only tensors, numbers, strings and containers of them."
         )
+
+
+def load_torch_weights(f):
+    """
+    ``torch.load(f, weights_only=True)`` on CPU, for ``.pth`` files: nothing in the file can run code. A missing,
+    truncated or damaged file, and one holding anything but tensors, numbers, strings and containers of them, get
+    an error that says which and what to do.
+    """
+    if not os.path.isfile(f):
+        raise FileNotFoundError(f"{f} does not exist")
+    try:
+        return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    except pickle.UnpicklingError as e:
+        message = str(e)
+        if "Weights only load failed" not in message:
+            raise CorruptCheckpointError(f"Checkpoint {f} is truncated or damaged ({message}).") from e
+        found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"WeightsUnpickler error: (.*)", message)
+        what = f"the global '{found.group(1)}'" if found else "an object"
+        raise UnsafeCheckpointError(
+            f"Refusing to load {f}: it contains {what}, which torch.load(weights_only=True) does not admit "
+            "because loading it could run code. Only tensors, numbers, strings and containers of them are "
+            "admitted. If you trust the file, load it in a separate Python session and re-save its state dict."
+        ) from None
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, OSError) as e:  # torch's zip reader fails on a cut file with any of these
+        raise CorruptCheckpointError(
+            f"Checkpoint {f} is truncated or damaged ({type(e).__name__}: {e}). Copy or download it again; "
+            "if training was killed while saving, resume from the checkpoint named in last_checkpoint."
+        ) from e

@@ -51,6 +51,6 @@ def verify_md5_prefix(path, source=None):
         raise CorruptCheckpointError(
             f"Checkpoint {origin} is corrupt or has been tampered with: its name says its md5 starts with "
             f"'{expected}', but the file's md5 starts with '{actual}'. Download it again from a trusted source. "
-            f"If you renamed the file yourself, rename it without the '_{expected}' suffix, or set "
-            f"{MD5_CHECK_ENV}=0 to skip this check."
+            f"If you renamed the file yourself, rename it without the '_{expected}' suffix, or skip this check "
+            f"with the config option MODEL.WEIGHTS_MD5_CHECK False (or {MD5_CHECK_ENV}=0)."
         )

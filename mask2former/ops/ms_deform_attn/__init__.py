@@ -5,13 +5,31 @@ Multi-scale deformable attention (Deformable DETR), the sampling step of ``MSDef
 falls back, with one warning, to ``ms_deform_attn_reference`` (pure PyTorch, ``grid_sample``) when no kernels can
 be built. Importing this package never compiles anything and never fails because of the kernels.
 """
+import contextlib
+
 import torch
 
 from .function import MSDeformAttnFunction
 from .kernels import kernels_for
 from .reference import ms_deform_attn_reference
 
-__all__ = ["MSDeformAttnFunction", "kernels_for", "ms_deform_attn", "ms_deform_attn_reference"]
+__all__ = ["MSDeformAttnFunction", "kernels_for", "ms_deform_attn", "ms_deform_attn_reference", "reference_only"]
+
+_reference_only = False
+
+
+@contextlib.contextmanager
+def reference_only():
+    """
+    Within the block, ``ms_deform_attn`` runs the pure-PyTorch reference even where kernels exist: the path the
+    original implementation takes on CPU, for side-by-side benchmarks and comparisons.
+    """
+    global _reference_only
+    previous, _reference_only = _reference_only, True
+    try:
+        yield
+    finally:
+        _reference_only = previous
 
 
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -76,7 +94,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     device_type = value.device.type
-    kernels = kernels_for(device_type)
+    kernels = None if _reference_only else kernels_for(device_type)
     if kernels is None:
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if torch.is_autocast_enabled(device_type) and value.dtype == torch.float32:
