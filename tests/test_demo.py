@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import CONFIGS, ROOT, make_cfg
 from mask2former.visualization import read_image
 
-CONFIG = CONFIGS / "toy" / "maskformer2_R18_toy.yaml"
+CONFIG = CONFIGS / "toy" / "maskformer2_R50_narrow_toy.yaml"
 
 
 def _load_demo():

@@ -2,7 +2,7 @@
 """
 Run a Mask2Former model on images and write PNG visualizations of its panoptic, instance or semantic output.
 
-    python tools/demo.py --config-file configs/toy/maskformer2_R18_toy.yaml \\
+    python tools/demo.py --config-file configs/toy/maskformer2_R50_narrow_toy.yaml \\
         --weights output/main_job/model_final.pth --input img.jpg photos/*.png --output vis/ \\
         --mode panoptic --opts MODEL.DEVICE cpu
 

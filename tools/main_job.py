@@ -45,7 +45,7 @@ CURVE_METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "AP"), ("sem_seg/mIoU", 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(REPO, "configs/toy/maskformer2_R18_toy.yaml"))
+    parser.add_argument("--config-file", default=os.path.join(REPO, "configs/toy/maskformer2_R50_narrow_toy.yaml"))
     parser.add_argument("--output", default=os.path.join(REPO, "output/main_job"))
     parser.add_argument("--num-train", type=int, default=400, help="images to generate if the dataset is missing")
     parser.add_argument("--num-val", type=int, default=50)

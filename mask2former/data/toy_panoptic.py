@@ -3,7 +3,7 @@ The project's own small panoptic dataset, written in the exact COCO panoptic lay
 
 Things are discs, triangles, squares and crosses in random colours (told apart only by shape), of varied scale,
 overlapping and touching one another; stuff is two or three background regions, each class a texture (stripes,
-checkerboard, speckle) in random colours. Layout under ``root``, as COCO's::
+checkerboard, speckle) in shades of its own hue. Layout under ``root``, as COCO's::
 
     {train,val}/NNNNNN.jpg                      images
     panoptic_{train,val}.json                   COCO panoptic annotations
@@ -14,6 +14,7 @@ checkerboard, speckle) in random colours. Layout under ``root``, as COCO's::
 Each image is drawn from its own random stream, ``numpy.random.default_rng((seed, split, index))``, so the
 dataset is a pure function of the seed.
 """
+import colorsys
 import json
 import math
 import os
@@ -44,11 +45,12 @@ SPLITS = ("train", "val")
 IGNORE_LABEL = 255
 
 MIN_SIDE, MAX_SIDE = 128, 192
-MAX_THINGS = 6
+MAX_THINGS = 5
 EMPTY_IMAGE_PROB = 0.1
 NEAR_PROB = 0.4  # chance that a new thing is placed against an existing one (touching or overlapping)
-MIN_VISIBLE_FRACTION = 0.4  # of a thing's full area that stays visible after occlusion and cropping
-MIN_VISIBLE_AREA = 40
+MIN_VISIBLE_FRACTION = 0.6  # of a thing's full area that stays visible after occlusion and cropping
+MIN_VISIBLE_AREA = 80
+MIN_RADIUS, MAX_RADIUS_FRACTION = 10.0, 0.3  # thing circumradius: pixels, fraction of the shorter side
 
 
 def toy_panoptic_metadata():
@@ -251,50 +253,47 @@ def _render_stuff(rng, height, width):
     segments, palette = [], []
     for k, stuff_index in enumerate(classes):
         region = band == k
-        texture, colors = _TEXTURES[STUFF[stuff_index]["name"]](rng, height, width)
-        image[region] = texture[region]
-        palette += colors
+        name = STUFF[stuff_index]["name"]
+        pattern, hue = _TEXTURES[name]
+        dark, light = _two_colors(rng, hue)
+        image[region] = np.where(pattern(rng, height, width)[..., None], dark, light)[region]
+        palette += [dark, light]
         segments.append((STUFF[stuff_index]["id"], region))
     return image, segments, palette
 
 
-def _two_colors(rng):
-    while True:
-        a, b = rng.integers(30, 226, size=(2, 3))
-        if np.abs(a - b).sum() >= 90:
-            return a, b
-
-
-def _mix(mask, a, b):
-    return np.where(mask[..., None], a, b).astype(np.uint8)
+def _two_colors(rng, hue):
+    """A dark and a light colour around ``hue`` (degrees): each stuff class has its own family of colours."""
+    h = ((hue + rng.uniform(-20, 20)) % 360) / 360
+    s = rng.uniform(0.3, 0.7)
+    dark = colorsys.hsv_to_rgb(h, s, rng.uniform(0.3, 0.5))
+    light = colorsys.hsv_to_rgb(h, s * rng.uniform(0.5, 1.0), rng.uniform(0.65, 0.9))
+    return (np.round(255 * np.array([dark, light]))).astype(np.int64)
 
 
 def _stripes(rng, height, width):
-    a, b = _two_colors(rng)
     y, x = np.mgrid[0:height, 0:width]
     angle = rng.uniform(0, math.pi)
     phase = (x * math.cos(angle) + y * math.sin(angle)) / rng.uniform(6, 12)
-    return _mix(np.sin(2 * math.pi * phase) > 0, a, b), [a, b]
+    return np.sin(2 * math.pi * phase) > 0
 
 
 def _checker(rng, height, width):
-    a, b = _two_colors(rng)
     y, x = np.mgrid[0:height, 0:width]
     angle = rng.uniform(0, math.pi / 2)
     cell = rng.uniform(5, 10)
     u = (x * math.cos(angle) + y * math.sin(angle)) / cell
     v = (-x * math.sin(angle) + y * math.cos(angle)) / cell
-    return _mix((np.floor(u) + np.floor(v)) % 2 == 0, a, b), [a, b]
+    return (np.floor(u) + np.floor(v)) % 2 == 0
 
 
 def _speckle(rng, height, width):
-    a, b = _two_colors(rng)
     grain = rng.random((height // 2 + 1, width // 2 + 1)) < rng.uniform(0.3, 0.5)
-    grain = np.kron(grain, np.ones((2, 2), dtype=bool))[:height, :width]
-    return _mix(grain, a, b), [a, b]
+    return np.kron(grain, np.ones((2, 2), dtype=bool))[:height, :width]
 
 
-_TEXTURES = {"stripes": _stripes, "checker": _checker, "speckle": _speckle}
+# Stuff class -> (texture pattern, hue of its colour family).
+_TEXTURES = {"stripes": (_stripes, 110), "checker": (_checker, 15), "speckle": (_speckle, 220)}
 
 
 def _unit_shape(name):
@@ -325,7 +324,7 @@ def _place_things(rng, height, width):
         return []
     target = int(rng.integers(1, MAX_THINGS + 1))
     side = min(height, width)
-    min_radius, max_radius = 8.0, 0.3 * side
+    min_radius, max_radius = MIN_RADIUS, MAX_RADIUS_FRACTION * side
     placed = []  # (category_id, mask, full_area, center, radius)
     for _ in range(target * 8):
         if len(placed) == target:
@@ -335,7 +334,7 @@ def _place_things(rng, height, width):
         if placed and rng.random() < NEAR_PROB:
             _, _, _, other_center, other_radius = placed[int(rng.integers(len(placed)))]
             theta = rng.uniform(0, 2 * math.pi)
-            distance = (radius + other_radius) * rng.uniform(0.55, 1.0)
+            distance = (radius + other_radius) * rng.uniform(0.7, 1.05)
             center = other_center + distance * np.array([math.cos(theta), math.sin(theta)])
         else:
             center = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
