@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 CONFIGS = ROOT / "configs"
 R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
-# Overrides of R50 for a model small enough to train in seconds on CPU, for the 7 classes of the toy dataset.
+# Overrides of R50 for a model small enough to train in seconds on CPU, for the 6 classes of the toy dataset.
 TINY_MODEL = [
     "MODEL.RESNETS.STEM_OUT_CHANNELS 16",
     "MODEL.RESNETS.RES2_OUT_CHANNELS 16",
@@ -15,7 +15,7 @@ TINY_MODEL = [
     "MODEL.SEM_SEG_HEAD.CONVS_DIM 32",
     "MODEL.SEM_SEG_HEAD.MASK_DIM 32",
     "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS 1",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 7",
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES 6",
     "MODEL.MASK_FORMER.HIDDEN_DIM 32",
     "MODEL.MASK_FORMER.NHEADS 4",
     "MODEL.MASK_FORMER.DIM_FEEDFORWARD 64",

@@ -19,8 +19,8 @@ from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_pa
 from mask2former.evaluation import build_evaluator
 
 CONFIG = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
-NUM_CLASSES = 7  # toy: disc, triangle, square, cross (things 0-3); stripes, checker, speckle (stuff 4-6)
-DISC, TRIANGLE, SQUARE, STRIPES, CHECKER = 1, 2, 3, 11, 12  # dataset ids
+NUM_CLASSES = 6  # toy: disc, triangle, cross (things 0-2); stripes, checker, speckle (stuff 3-5)
+DISC, TRIANGLE, CROSS, STRIPES, CHECKER = 1, 2, 4, 11, 12  # dataset ids
 
 
 def _register(root):
@@ -102,9 +102,9 @@ def _box(y0, y1, x0, x1, size=20):
 # Image 1: a 10x10 disc on checker. Image 2: two 6x6 triangles on stripes.
 GT_DISC = _box(5, 15, 5, 15)
 GT_TRI_A, GT_TRI_B = _box(2, 8, 2, 8), _box(12, 18, 12, 18)
-# Predictions: the disc shifted 2 px right; triangle A exact, triangle B missed, a false square on the stripes.
+# Predictions: the disc shifted 2 px right; triangle A exact, triangle B missed, a false cross on the stripes.
 PRED_DISC = _box(5, 15, 7, 17)
-PRED_SQUARE = _box(12, 18, 0, 6)
+PRED_CROSS = _box(12, 18, 0, 6)
 
 HAND_GT = [
     [(DISC, GT_DISC), (CHECKER, ~GT_DISC)],
@@ -112,7 +112,7 @@ HAND_GT = [
 ]
 HAND_PRED = [
     [(DISC, PRED_DISC), (CHECKER, ~PRED_DISC)],
-    [(TRIANGLE, GT_TRI_A), (SQUARE, PRED_SQUARE), (STRIPES, ~(GT_TRI_A | PRED_SQUARE))],
+    [(TRIANGLE, GT_TRI_A), (CROSS, PRED_CROSS), (STRIPES, ~(GT_TRI_A | PRED_CROSS))],
 ]
 
 
@@ -125,12 +125,12 @@ def test_hand_built_partial_overlaps(tmp_path):
     # Worked out by hand. IoUs of the matched segments:
     iou_disc = 80 / 120  # 10x10 boxes 2 px apart: 10x8 overlap, 100 + 100 - 80 union
     iou_checker = 280 / 320  # 300 px each; they share all but the 120 px covered by either disc
-    iou_stripes = 292 / 364  # 328 px each; 108 px are triangle A, triangle B or the square
+    iou_stripes = 292 / 364  # 328 px each; 108 px are triangle A, triangle B or the cross
     # Per class, PQ = sum of matched IoUs / (TP + FP / 2 + FN / 2), over the classes that occur:
     pq_disc = iou_disc / 1  # 1 TP
     pq_triangle = 1.0 / (1 + 0.5)  # A matched exactly, B missed (1 FN)
-    pq_square = 0.0  # 1 FP, no TP
-    pq_things = [pq_disc, pq_triangle, pq_square]
+    pq_cross = 0.0  # 1 FP, no TP
+    pq_things = [pq_disc, pq_triangle, pq_cross]
     pq_stuff = [iou_checker, iou_stripes]
     panoptic = results["panoptic_seg"]
     assert panoptic["PQ"] == pytest.approx(100 * np.mean(pq_things + pq_stuff))
@@ -148,7 +148,7 @@ def test_hand_built_partial_overlaps(tmp_path):
     assert results["segm"]["AP50"] == pytest.approx(np.mean([100, ap_triangle]))
 
     # Semantic IoU per class with ground truth: disc 80/120, triangle 36/72 (B is labelled stripes), stripes
-    # 292/364, checker 280/320; the square has no ground truth and is left out of the mean.
+    # 292/364, checker 280/320; the cross has no ground truth and is left out of the mean.
     assert results["sem_seg"]["mIoU"] == pytest.approx(100 * np.mean([80 / 120, 36 / 72, iou_stripes, iou_checker]))
     assert results["sem_seg"]["pACC"] == pytest.approx(100 * (80 + 36 + 292 + 280) / 800)
 

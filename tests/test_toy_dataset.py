@@ -143,13 +143,13 @@ def test_registration(toy):
         for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
             assert (toy / d[key]).is_file()
         for s in d["segments_info"]:
-            assert s["isthing"] == (s["category_id"] < 4)
-            assert 0 <= s["category_id"] < 7
+            assert s["isthing"] == (s["category_id"] < 3)
+            assert 0 <= s["category_id"] < 6
     meta = MetadataCatalog.get(f"{name}_val_panoptic_with_sem_seg")
     assert meta.evaluator_type == "coco_panoptic_seg"
-    assert meta.thing_classes == ["disc", "triangle", "square", "cross"]
+    assert meta.thing_classes == ["disc", "triangle", "cross"]
     assert meta.stuff_classes == meta.thing_classes + ["stripes", "checker", "speckle"]
-    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 5: 3}
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 4: 2}
     assert meta.ignore_label == 255 and meta.label_divisor == 1000
     assert meta.json_file.endswith("annotations/instances_val.json")
     assert MetadataCatalog.get(f"{name}_train_panoptic").get("sem_seg_root") is None

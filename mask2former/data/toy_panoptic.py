@@ -1,7 +1,7 @@
 """
 The project's own small panoptic dataset, written in the exact COCO panoptic layout.
 
-Things are discs, triangles, squares and crosses in random colours (told apart only by shape), of varied scale,
+Things are discs, triangles and crosses in random colours (told apart only by shape), of varied scale,
 overlapping and touching one another; stuff is two or three background regions, each class a texture (stripes,
 checkerboard, speckle) in shades of its own hue. Layout under ``root``, as COCO's::
 
@@ -33,8 +33,7 @@ from .datasets import register_panoptic_annos_sem_seg
 CATEGORIES = [
     {"id": 1, "name": "disc", "isthing": 1, "color": [220, 20, 60]},
     {"id": 2, "name": "triangle", "isthing": 1, "color": [0, 130, 200]},
-    {"id": 3, "name": "square", "isthing": 1, "color": [255, 180, 0]},
-    {"id": 5, "name": "cross", "isthing": 1, "color": [145, 30, 180]},
+    {"id": 4, "name": "cross", "isthing": 1, "color": [145, 30, 180]},
     {"id": 11, "name": "stripes", "isthing": 0, "color": [70, 160, 70]},
     {"id": 12, "name": "checker", "isthing": 0, "color": [120, 120, 120]},
     {"id": 13, "name": "speckle", "isthing": 0, "color": [190, 150, 110]},
@@ -303,7 +302,7 @@ def _unit_shape(name):
         return np.array(
             [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
         )
-    corners = {"disc": 48, "triangle": 3, "square": 4}[name]
+    corners = {"disc": 48, "triangle": 3}[name]
     t = np.linspace(0, 2 * math.pi, corners, endpoint=False)
     return np.stack([np.cos(t), np.sin(t)], axis=1)
 
