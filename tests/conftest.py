@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -36,3 +37,20 @@ def fixtures_dir():
     if not FIXTURES.is_dir():
         pytest.fail(f"shared fixtures not found at {FIXTURES}: the repository must sit next to shared/")
     return FIXTURES
+
+
+def assert_same_state(a, b, path=""):
+    """``a`` and ``b`` (nested state dicts) hold the same types, keys, dtypes and values."""
+    assert type(a) is type(b) or (torch.is_tensor(a) and torch.is_tensor(b)), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif torch.is_tensor(a):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    else:
+        assert a == b, path

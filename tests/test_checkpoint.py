@@ -21,7 +21,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.solver import build_lr_scheduler
 from torch import nn
 
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, assert_same_state
 from mask2former.checkpoint import (
     CorruptCheckpointError,
     SafeCheckpointer,
@@ -353,22 +353,6 @@ def _trainer(seed, init_scale):
     trainer = _CPUAMPTrainer(model, data, optimizer, grad_scaler=torch.amp.GradScaler("cpu", init_scale=init_scale))
     trainer.register_hooks([hooks.LRScheduler(optimizer, scheduler)])
     return trainer, model, optimizer, scheduler
-
-
-def assert_same_state(a, b, path=""):
-    assert type(a) is type(b) or (torch.is_tensor(a) and torch.is_tensor(b)), path
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            assert_same_state(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}[{i}]")
-    elif torch.is_tensor(a):
-        assert a.dtype == b.dtype and torch.equal(a, b), path
-    else:
-        assert a == b, path
 
 
 def test_trainer_state_round_trips_with_weights_only(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from detectron2.engine import HookBase, SimpleTrainer
 from torch import nn
 
-from conftest import R50, ROOT, TINY_MODEL, make_cfg
+from conftest import R50, ROOT, TINY_MODEL, assert_same_state, make_cfg
 from mask2former.checkpoint import SafeCheckpointer
 from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 from mask2former.loss_guard import NonFiniteLossCheck
@@ -169,9 +169,9 @@ def test_sigkill_after_first_checkpoint_and_during_a_save_then_resume(toy_root, 
     saved = torch.load(out / first, weights_only=True)
     trainer = _resumed_trainer(toy_root, out)
     assert trainer.start_iter == saved["iteration"] + 1 == 2
-    _assert_equal(trainer.model.state_dict(), saved["model"])
-    _assert_equal(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"])
-    _assert_equal(trainer.scheduler.state_dict(), saved["trainer"]["hooks"]["LRScheduler"])
+    assert_same_state(trainer.model.state_dict(), saved["model"])
+    assert_same_state(trainer.optimizer.state_dict(), saved["trainer"]["_trainer"]["optimizer"])
+    assert_same_state(trainer.scheduler.state_dict(), saved["trainer"]["hooks"]["LRScheduler"])
     assert isinstance(trainer.checkpointer, SafeCheckpointer)
     assert any(isinstance(h, NonFiniteLossCheck) for h in trainer._hooks)
     del trainer
@@ -199,18 +199,3 @@ def _resumed_trainer(toy_root, out):
     trainer = train_net.Trainer(make_cfg(R50, overrides))
     trainer.resume_or_load(resume=True)
     return trainer
-
-
-def _assert_equal(actual, expected, path="state"):
-    if isinstance(expected, dict):
-        assert actual.keys() == expected.keys(), path
-        for key in expected:
-            _assert_equal(actual[key], expected[key], f"{path}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), path
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            _assert_equal(a, e, f"{path}[{i}]")
-    elif torch.is_tensor(expected):
-        assert torch.equal(actual, expected), path
-    else:
-        assert actual == expected, path
