@@ -1,11 +1,24 @@
 """Shared test helpers: where the read-only fixtures live and how to build a config the way users do."""
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def _find_fixtures():
+    """$MASK2FORMER_FIXTURES, else the first ``shared/fixtures`` in the repository or a folder above it."""
+    if os.environ.get("MASK2FORMER_FIXTURES"):
+        return Path(os.environ["MASK2FORMER_FIXTURES"])
+    for folder in (ROOT, *ROOT.parents):
+        if (folder / "shared" / "fixtures").is_dir():
+            return folder / "shared" / "fixtures"
+    return ROOT.parent / "shared" / "fixtures"
+
+
+FIXTURES = _find_fixtures()
 CONFIGS = ROOT / "configs"
 R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 # Overrides of R50 for a model small enough to train in seconds on CPU, for the 6 classes of the toy dataset.
@@ -35,7 +48,9 @@ def make_cfg(config_file, overrides=()):
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}: the repository must sit next to shared/")
+        pytest.fail(
+            f"shared fixtures not found at {FIXTURES}: put the repository next to shared/ or set MASK2FORMER_FIXTURES"
+        )
     return FIXTURES
 
 
