@@ -139,9 +139,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_checkpointer(cls, cfg, model, **checkpointables):
         """The checkpointer of every load and save of this script, saving to OUTPUT_DIR."""
-        return SafeCheckpointer(
-            model, cfg.OUTPUT_DIR, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK, **checkpointables
-        )
+        return SafeCheckpointer(model, cfg.OUTPUT_DIR, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK, **checkpointables)
 
     def build_hooks(self):
         """DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss."""

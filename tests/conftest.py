@@ -1,5 +1,6 @@
 """Shared test helpers: where the read-only fixtures live and how to build a config the way users do."""
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_fixtures():
-    """$MASK2FORMER_FIXTURES, else the first ``shared/fixtures`` in the repository or a folder above it."""
+    """
+    $MASK2FORMER_FIXTURES, else the first ``shared/fixtures`` in or above this repository, or in or above the
+    local repository it was cloned from (a clone in a temporary folder still finds the workspace's fixtures).
+    """
     if os.environ.get("MASK2FORMER_FIXTURES"):
         return Path(os.environ["MASK2FORMER_FIXTURES"])
-    for folder in (ROOT, *ROOT.parents):
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
+    roots = [ROOT] + ([Path(origin).resolve()] if origin and "://" not in origin and Path(origin).is_dir() else [])
+    for folder in (f for root in roots for f in (root, *root.parents)):
         if (folder / "shared" / "fixtures").is_dir():
             return folder / "shared" / "fixtures"
     return ROOT.parent / "shared" / "fixtures"
@@ -48,9 +56,7 @@ def make_cfg(config_file, overrides=()):
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.is_dir():
-        pytest.fail(
-            f"shared fixtures not found at {FIXTURES}: put the repository next to shared/ or set MASK2FORMER_FIXTURES"
-        )
+        pytest.fail(f"shared fixtures not found at {FIXTURES}: clone next to shared/, or set MASK2FORMER_FIXTURES")
     return FIXTURES
 
 

@@ -15,7 +15,6 @@ import os
 import pickle
 import sys
 
-
 from mask2former.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, load_torch_weights
 
 _DROPPED_PREFIXES = ("head.", "norm.")
