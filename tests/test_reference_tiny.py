@@ -51,6 +51,22 @@ class Recorder:
         self.values["decoder"] = outputs
 
 
+def decoder_predictions(model, values):
+    """
+    Every prediction of the decoder on the recorded inputs: from the learnable queries, then after each layer.
+    Inference returns only the last; the training-mode forward returns them all, and the decoder has no dropout,
+    so it computes the same function.
+    """
+    predictor = model.sem_seg_head.predictor
+    predictor.train()
+    try:
+        with torch.no_grad():
+            out = predictor(values["multi_scale"], values["mask_features"])
+    finally:
+        predictor.eval()
+    return out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}]
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def reference_run(request):
     name = request.param
@@ -61,7 +77,9 @@ def reference_run(request):
     for image in "AB":
         with torch.no_grad():
             output = model([read_input(image)])[0]
-        runs[image] = (output, dict(recorder.values))
+        values = dict(recorder.values)
+        values["predictions"] = decoder_predictions(model, values)
+        runs[image] = (output, values)
     return name, runs
 
 
@@ -82,7 +100,8 @@ def test_intermediate_tensors(reference_run, image):
     _close(values["mask_features"], inter["pixel_decoder_mask_features"], 1e-3)
     for i, feature in enumerate(values["multi_scale"]):
         _close(feature, inter[f"pixel_decoder_multi_scale_{i}"], 1e-3)
-    aux = values["decoder"]["aux_outputs"]
+    assert "aux_outputs" not in values["decoder"]
+    aux = values["predictions"][:-1]
     assert len(aux) == sum(1 for k in inter.files if k.endswith("_pred_logits"))
     for i, layer in enumerate(aux):
         _close(layer["pred_logits"], inter[f"layer{i}_pred_logits"], 1e-3)
@@ -96,6 +115,8 @@ def test_final_predictions_and_semantic_output(reference_run, image):
     expected = np.load(REF / f"{name}_{image}.npz")
     _close(values["decoder"]["pred_logits"], expected["pred_logits"], 1e-3)
     _close(values["decoder"]["pred_masks"], expected["pred_masks"], 1e-3)
+    for name in ("pred_logits", "pred_masks"):
+        assert torch.equal(values["predictions"][-1][name], values["decoder"][name]), name
 
     sem_seg = output["sem_seg"]
     h, w = expected["sem_seg_argmax"].shape

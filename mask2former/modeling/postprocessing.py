@@ -8,7 +8,7 @@ once by a caller that wants several outputs: at full resolution it is one of the
 from typing import Collection, Optional
 
 import torch
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
 
@@ -122,17 +122,46 @@ def instance_inference(
         labels_per_image = labels_per_image[is_thing]
         query_indices = query_indices[is_thing]
 
-    # Many of the pairs share a query: binarize, score and box each query's mask once, then gather.
-    queries, pair_to_query = torch.unique(query_indices, return_inverse=True)
-    foreground = mask_pred[queries] > 0
-    binary = foreground.float()
-    prob = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
-    mask_scores = (prob.flatten(1) * binary.flatten(1)).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    # Many pairs share a query: each query's mask is binarized, scored and boxed once, by its first pair, one mask
+    # at a time, so that no temporary is larger than one full-resolution mask.
+    first_pair = {}
+    source = [first_pair.setdefault(q, j) for j, q in enumerate(query_indices.tolist())]
+    h, w = mask_pred.shape[-2:]
+    masks = mask_pred.new_empty((len(source), h, w))
+    mask_scores = mask_pred.new_zeros(len(source))
+    rows_max = mask_pred.new_zeros((len(source), h))
+    cols_max = mask_pred.new_zeros((len(source), w))
+    for j, q in enumerate(query_indices.tolist()):
+        if source[j] != j:
+            masks[j] = masks[source[j]]
+            continue
+        # Comparing into a float tensor is several times faster on CPU than making a bool mask and converting it.
+        binary = torch.gt(mask_pred[q], 0, out=masks[j])
+        prob = mask_pred[q].sigmoid() if mask_prob is None else mask_prob[q]
+        mask_scores[j] = (prob * binary).sum() / (binary.sum() + 1e-6)
+        rows_max[j], cols_max[j] = binary.amax(1), binary.amax(0)
+    source = torch.as_tensor(source, dtype=torch.long, device=mask_pred.device)
 
     result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = binary[pair_to_query]
-    result.pred_boxes = BitMasks(foreground).get_bounding_boxes()[pair_to_query]
-    result.scores = scores_per_image * mask_scores[pair_to_query]
+    result.pred_masks = masks
+    result.pred_boxes = Boxes(_boxes_from_projections(rows_max[source] > 0, cols_max[source] > 0))
+    result.scores = scores_per_image * mask_scores[source]
     result.pred_classes = labels_per_image
     result.query_indices = query_indices
     return result
+
+
+def _boxes_from_projections(rows_any, cols_any):
+    """
+    XYXY boxes (N, 4) of binary masks given, per mask, which rows (N, H) and columns (N, W) hold a pixel; the box of
+    an empty mask is all zeros, as detectron2's ``BitMasks.get_bounding_boxes``.
+    """
+    def first_last(any_):
+        first = any_.to(torch.uint8).argmax(1)
+        last = any_.shape[1] - any_.flip(1).to(torch.uint8).argmax(1)
+        return first, last
+
+    x0, x1 = first_last(cols_any)
+    y0, y1 = first_last(rows_any)
+    boxes = torch.stack([x0, y0, x1, y1], 1).to(torch.float32)
+    return boxes * cols_any.any(1, keepdim=True)

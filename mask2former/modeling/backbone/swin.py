@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from ..chunked import CHUNK_TOKENS, apply_by_token_chunks, inference_chunks
+
 # Added to the attention logits between tokens that come from different regions of a shifted map.
 _SHIFT_MASK_VALUE = -100.0
 
@@ -109,17 +111,29 @@ class WindowAttention(nn.Module):
             x: (B * num_windows, N, C) tokens, windows of one image consecutive.
             mask: (num_windows, N, N) additive mask of a shifted map, or None.
         """
+        chunks = inference_chunks(x.shape[0], x.device, max(1, CHUNK_TOKENS // x.shape[1]))
+        if chunks is None:
+            return self._attention(x, mask)
+        out = torch.empty_like(x)
+        window = torch.arange(x.shape[0]) % mask.shape[0] if mask is not None else None
+        for start, end in chunks:
+            out[start:end] = self._attention(x[start:end], None if mask is None else mask[window[start:end]])
+        return out
+
+    def _attention(self, x, mask):
+        """Attention within each window of ``x``; ``mask`` holds one (N, N) mask per window of an image or of ``x``."""
         Bw, N, C = x.shape
         head_dim = C // self.num_heads
         q, k, v = self.qkv(x).view(Bw, N, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         # Explicit attention in the released model's order of operations, so float32 results match it exactly.
+        # The additions go in place into the fresh product, which backward does not need: no extra copies of the
+        # (windows x heads x N x N) scores.
         attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(N, N, self.num_heads).permute(2, 0, 1).unsqueeze(0)
+        attn += bias.view(N, N, self.num_heads).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             num_windows = mask.shape[0]
-            attn = attn.view(Bw // num_windows, num_windows, self.num_heads, N, N) + mask[None, :, None]
-            attn = attn.view(Bw, self.num_heads, N, N)
+            attn.view(Bw // num_windows, num_windows, self.num_heads, N, N).add_(mask[None, :, None])
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = (attn @ v).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(x))
@@ -136,6 +150,9 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
+        return apply_by_token_chunks(self._mlp, x)
+
+    def _mlp(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
@@ -172,8 +189,8 @@ class SwinBlock(nn.Module):
         if shift:
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
         y = y[:, :H, :W].reshape(B, L, C)
-        x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path(y).add_(x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 
 class PatchMerging(nn.Module):

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...ops.ms_deform_attn import ms_deform_attn
+from ..chunked import apply_by_token_chunks
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 
 
@@ -100,8 +101,8 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
         # Offsets are in pixels of each level: normalize by that level's (W, H).
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)[None, None, None, :, None, :]
+        locations = offsets.div_(normalizer).add_(reference_points[:, :, None, :, None, :])
 
         output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
@@ -123,10 +124,13 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        # In place: saves a (pixels x d_ffn) buffer per layer, the encoder's largest.
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
-        return self.norm2(src + self.dropout3(ffn))
+        # The in-place operations write into fresh outputs that backward does not need: no (pixels x channels)
+        # buffer per residual, and no (pixels x d_ffn) buffer for the ReLU, the encoder's largest.
+        src = self.norm1(self.dropout1(attended).add_(src))
+        return self.norm2(self.dropout3(apply_by_token_chunks(self._ffn, src)).add_(src))
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout2(F.relu(self.linear1(x), inplace=True)))
 
 
 class MSDeformAttnTransformerEncoder(nn.Module):
@@ -334,8 +338,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         n = memory.shape[0]
         sizes = spatial_shapes.prod(1).tolist()
+        # Contiguous NCHW maps: the strided views of ``memory`` would make the FPN's resize produce a channels-last
+        # map at 1/4 scale, which every later convolution would convert again.
         out = [
-            level.transpose(1, 2).view(n, -1, int(h), int(w))
+            level.transpose(1, 2).reshape(n, -1, int(h), int(w)).contiguous()
             for level, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist())
         ]
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):

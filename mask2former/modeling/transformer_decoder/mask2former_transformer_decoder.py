@@ -4,7 +4,8 @@ The masked-attention transformer decoder of Mask2Former.
 Learnable queries attend, layer after layer and round-robin over the pixel decoder's three lowest-resolution
 feature maps, only to the pixels inside the mask that the previous layer predicted for them. After the learnable
 queries and after every layer, shared heads predict class logits and mask logits (dot products of a per-query
-embedding with the per-pixel mask features); all of these predictions are returned for deep supervision.
+embedding with the per-pixel mask features); in training all of these predictions are returned for deep
+supervision, in inference only the last.
 """
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -229,7 +230,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             mask: unused (no padding masks; images are zero-padded instead).
 
         Returns:
-            dict with "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, H, W) of the last layer, and
+            dict with "pred_logits" (N, Q, K+1) and "pred_masks" (N, Q, H, W) of the last layer and, in training,
             "aux_outputs": the same pairs for every earlier prediction.
         """
         if len(x) != self.num_feature_levels:
@@ -241,47 +242,54 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             poss.append(self.pe_layer(feat).flatten(2).permute(2, 0, 1))
             src = self.input_proj[i](feat).flatten(2) + self.level_embed.weight[i][None, :, None]
             srcs.append(src.permute(2, 0, 1))
+        # Bilinear resizing commutes with the per-pixel dot product that makes mask logits: resizing the mask
+        # features to each attention level once gives the attention masks without resizing every layer's
+        # full-resolution masks, and inference needs only the last layer's full-resolution masks.
+        level_mask_features = [
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
+        ]
 
         batch = srcs[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
-        predictions_class.append(outputs_class)
-        predictions_mask.append(outputs_mask)
-
-        for i in range(self.num_layers):
-            level = i % self.num_feature_levels
-            # A query whose mask is empty at this level attends everywhere rather than nowhere.
-            attn_mask[attn_mask.all(-1)] = False
-            output = self.transformer_cross_attention_layers[i](
-                output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
-            )
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
-            output = self.transformer_ffn_layers[i](output)
+        predictions = []
+        for i in range(self.num_layers + 1):
+            if i > 0:
+                level = (i - 1) % self.num_feature_levels
+                # A query whose mask is empty at this level attends everywhere rather than nowhere.
+                attn_mask[attn_mask.all(-1)] = False
+                output = self.transformer_cross_attention_layers[i - 1](
+                    output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
+                )
+                output = self.transformer_self_attention_layers[i - 1](output, query_pos=query_embed)
+                output = self.transformer_ffn_layers[i - 1](output)
+            full_resolution = self.training or i == self.num_layers
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+                output,
+                mask_features if full_resolution else None,
+                level_mask_features[i % self.num_feature_levels],
             )
-            predictions_class.append(outputs_class)
-            predictions_mask.append(outputs_mask)
+            predictions.append({"pred_logits": outputs_class, "pred_masks": outputs_mask})
 
-        return {
-            "pred_logits": predictions_class[-1],
-            "pred_masks": predictions_mask[-1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m} for c, m in zip(predictions_class[:-1], predictions_mask[:-1])
-            ],
-        }
+        result = dict(predictions[-1])
+        if self.training:
+            result["aux_outputs"] = predictions[:-1]
+        return result
 
-    def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
-        """Class logits, mask logits, and the boolean attention mask (True = blocked) for the next layer."""
+    def forward_prediction_heads(self, output, mask_features, level_mask_features):
+        """
+        Class logits, mask logits on ``mask_features`` (None when not given), and the boolean attention mask
+        (True = blocked) for the next layer from the mask logits on ``level_mask_features``.
+        """
         decoder_output = self.decoder_norm(output).transpose(0, 1)
         outputs_class = self.class_embed(decoder_output)
         mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        outputs_mask = None
+        if mask_features is not None:
+            outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
 
-        attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
+        attn_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, level_mask_features)
         # Pixels whose predicted foreground probability is below 0.5 are masked out, for every head.
         attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
         attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
