@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """
 Inference latency of this project side by side with the original Mask2Former: same config, same weights, same
-image, same process settings, each implementation in its own process (both packages are named ``mask2former``),
-alternating between them for ``--rounds`` rounds so that a drift of the machine's speed affects both alike.
+image, same process settings, each implementation in its own process (both packages are named
+``mask2former``), alternating between them for ``--rounds`` rounds so that a drift of the machine's speed affects
+both alike; the ratio is taken per round.
 
 The original is not part of this project: pass the folder that holds its ``mask2former`` package, e.g. a clone of
 github.com/facebookresearch/Mask2Former or the unpacked sdist of its PyPI packaging ``maskformer2``. It runs
 exactly as on a user's machine without its compiled op: on CPU its deformable attention falls back to its
-pure-PyTorch path. Weights are random (this project's initialization, saved once and loaded into both) unless ``--weights`` is
-given. The outputs of both are compared too.
+pure-PyTorch path. Weights are random (this project's initialization, saved once and loaded into both) unless
+``--weights`` is given. The outputs of both are compared too.
 
 Example:
     python tools/benchmark_vs_original.py --original /tmp/maskformer2-0.1 \
@@ -40,8 +41,10 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=2, help="processes per implementation, alternating")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", default="", help="where to write the results (default: print only)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for both: KEY VALUE ...")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -64,10 +67,9 @@ def build(args, original):
     where = Path(mask2former.__file__).resolve()
     if original != (Path(args.original).resolve() in where.parents):
         raise SystemExit(f"imported mask2former from {where}, not the {'original' if original else 'project'}")
-    if original:
+    meta_arch = sys.modules.get("mask2former.maskformer_model")
+    if original and meta_arch is not None:
         # Inference never uses the criterion; some packagings of the original changed its signature.
-        import mask2former.maskformer_model as meta_arch
-
         meta_arch.SetCriterion = lambda *a, **k: None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,6 +77,7 @@ def build(args, original):
     add_deeplab_config(cfg)
     mask2former.add_maskformer2_config(cfg)
     cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
@@ -132,7 +135,7 @@ def worker(args):
     tag = args.worker.replace(" ", "_")
     np.savez(work / f"{tag}_outputs.npz", **summary)
     result = {"times_s": times, "peak_rss_mib": peak_rss_mib(), "segments": segments_info, "instances": len(instances)}
-    (work / f"{tag}_{time.time_ns()}.json").write_text(json.dumps(result))
+    (work / f"{tag}_{args.round}.json").write_text(json.dumps(result))
 
 
 def compare_outputs(work):
@@ -153,10 +156,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    if not (Path(args.original) / "mask2former" / "maskformer_model.py").is_file():
+    if not (Path(args.original) / "mask2former" / "__init__.py").is_file():
         raise SystemExit(
-            f"--original {args.original}: no mask2former/maskformer_model.py there; pass the folder that holds the "
-            "original's mask2former package (a clone of facebookresearch/Mask2Former or an unpacked maskformer2 sdist)"
+            f"--original {args.original}: no mask2former/__init__.py there; pass the folder that holds the original's "
+            "mask2former package (a clone of facebookresearch/Mask2Former or an unpacked maskformer2 sdist)"
         )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -172,19 +175,20 @@ def main(argv=None):
         forwarded = [
             "--original", args.original, "--config-file", args.config_file, "--warmup", str(args.warmup),
             "--iters", str(args.iters), "--threads", str(args.threads), "--work-dir", tmp,
-            "--input-size", *map(str, args.input_size),
+            "--input-size", *map(str, args.input_size), "--opts", *args.opts,
         ]
         for round_index in range(args.rounds):
             for name in IMPLEMENTATIONS:
                 print(f"round {round_index + 1}/{args.rounds}: {name}", flush=True)
-                subprocess.run([sys.executable, __file__, "--worker", name, *forwarded], check=True)
-        runs = {name: [] for name in IMPLEMENTATIONS}
-        for path in sorted(work.glob("*_*.json")):
-            name = next(n for n in IMPLEMENTATIONS if path.name.startswith(n.replace(" ", "_") + "_"))
-            runs[name].append(json.loads(path.read_text()))
+                worker_args = ["--worker", name, "--round", str(round_index), *forwarded]
+                subprocess.run([sys.executable, __file__, *worker_args], check=True)
+        runs = {
+            name: [json.loads((work / f"{name.replace(' ', '_')}_{r}.json").read_text()) for r in range(args.rounds)]
+            for name in IMPLEMENTATIONS
+        }
         comparison = compare_outputs(work)
 
-    results = {"config": args.config_file, "input_size": args.input_size, "original": args.original}
+    results = {"config": args.config_file, "opts": args.opts, "input_size": args.input_size, "original": args.original}
     rows = []
     for name, worker_runs in runs.items():
         times = [t for run in worker_runs for t in run["times_s"]]
@@ -198,15 +202,24 @@ def main(argv=None):
         }
         r = results[name]
         rows.append([name, f"{r['median_s']:.2f}", f"{r['min_s']:.2f}", len(times), f"{r['peak_rss_mib']:.0f}"])
-    ratio = results[IMPLEMENTATIONS[0]]["median_s"] / results[IMPLEMENTATIONS[1]]["median_s"]
-    results["median_ratio"] = ratio
+    # Paired by round: the two processes of a round ran back to back, under the same machine conditions.
+    round_ratios = [
+        statistics.median(ours["times_s"]) / statistics.median(theirs["times_s"])
+        for ours, theirs in zip(*runs.values())
+    ]
+    results["round_ratios"] = round_ratios
+    results["median_ratio"] = statistics.median(round_ratios)
     results["outputs"] = comparison
     print(tabulate(rows, headers=["implementation", "median s", "min s", "runs", "peak RSS MiB"], tablefmt="github"))
-    print(f"\nthis project / original (median latency): {ratio:.2f}")
+    print(
+        f"\nthis project / original, median latency, per round: {' '.join(f'{r:.2f}' for r in round_ratios)}; "
+        f"median {results['median_ratio']:.2f}"
+    )
     for key, value in comparison.items():
         print(f"{key}: {value:.6g}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
