@@ -1,4 +1,5 @@
 """Shared test helpers: where the read-only fixtures live and how to build a config the way users do."""
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -46,11 +47,24 @@ TINY_MODEL = [
 ]
 
 
+def load_script(path):
+    """A script (tools/*.py, datasets/*.py) imported as a module, to call its functions."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def split_overrides(overrides):
+    """``KEY VALUE`` override strings as the flat list a command line takes."""
+    return [part for item in overrides for part in item.split(" ", 1)]
+
+
 def make_cfg(config_file, overrides=()):
     """The config users get from ``config_file`` and ``KEY VALUE`` override strings."""
     from mask2former import get_maskformer2_cfg
 
-    return get_maskformer2_cfg(config_file, [part for item in overrides for part in item.split(" ", 1)])
+    return get_maskformer2_cfg(config_file, split_overrides(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,10 @@
 """tools/benchmark.py runs every measurement on a tiny model and counts the compiled op's FLOPs as its reference's."""
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, load_script, split_overrides
 from test_reference_tiny import REF, build_reference_model, read_input
 
 SPEC = json.loads((REF / "tiny_r50_overrides.json").read_text())
@@ -13,10 +12,7 @@ SPEC = json.loads((REF / "tiny_r50_overrides.json").read_text())
 
 @pytest.fixture(scope="module")
 def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "benchmark.py")
 
 
 def tiny_args(*extra):
@@ -25,7 +21,7 @@ def tiny_args(*extra):
         "--input-size", "64", "96", "--warmup", "0", "--iters", "2",
         "--train-iters", "1", "--ims-per-batch", "2", "--train-size", "64", "64", "--num-targets", "3",
         *extra,
-        "--opts", *[part for item in SPEC["overrides"] for part in item.split(" ", 1)],
+        "--opts", *split_overrides(SPEC["overrides"]),
     ]
 
 

@@ -1,11 +1,10 @@
 """tools/benchmark_vs_original.py on a tiny model, with a copy of this project standing in for the original."""
-import importlib.util
 import json
 import shutil
 
 import pytest
 
-from conftest import CONFIGS, ROOT
+from conftest import CONFIGS, ROOT, load_script, split_overrides
 from test_reference_tiny import REF
 
 SPEC = json.loads((REF / "tiny_r50_overrides.json").read_text())
@@ -13,10 +12,7 @@ SPEC = json.loads((REF / "tiny_r50_overrides.json").read_text())
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("benchmark_vs_original", ROOT / "tools" / "benchmark_vs_original.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / "benchmark_vs_original.py")
 
 
 def test_times_both_in_their_own_processes_and_compares_outputs(tool, tmp_path):
@@ -26,7 +22,7 @@ def test_times_both_in_their_own_processes_and_compares_outputs(tool, tmp_path):
     results = tool.main([
         "--original", str(stand_in), "--config-file", str(CONFIGS.parent / SPEC["config"]),
         "--input-size", "64", "96", "--warmup", "0", "--iters", "2", "--rounds", "2", "--json", str(out),
-        "--opts", *[part for item in SPEC["overrides"] for part in item.split(" ", 1)],
+        "--opts", *split_overrides(SPEC["overrides"]),
     ])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     for name in ("this project", "original"):

@@ -1,5 +1,4 @@
 """Weight conversion tools: the converted files load into our backbones (SafeCheckpointer, name matching) and match."""
-import importlib.util
 import json
 import pickle
 
@@ -11,15 +10,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from torch import nn
 
-from conftest import CONFIGS, FIXTURES, ROOT, make_cfg
+from conftest import CONFIGS, FIXTURES, ROOT, load_script, make_cfg
 from mask2former.checkpoint import SafeCheckpointer
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_"), ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "tools" / f"{name}.py")
 
 
 def _with_backbone(cfg):

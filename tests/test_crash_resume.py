@@ -16,7 +16,7 @@ import torch
 from detectron2.engine import HookBase, SimpleTrainer
 from torch import nn
 
-from conftest import R50, ROOT, TINY_MODEL, assert_same_state, make_cfg
+from conftest import R50, ROOT, TINY_MODEL, assert_same_state, make_cfg, split_overrides
 from mask2former.checkpoint import SafeCheckpointer
 from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 from mask2former.loss_guard import NonFiniteLossCheck
@@ -117,8 +117,7 @@ def _train_net(toy_root, out, *extra, script=("train_net.py",)):
     """Start train_net.py on the toy dataset in a subprocess; its output goes to ``out/stdout.txt``."""
     env = {**os.environ, "DETECTRON2_DATASETS": str(toy_root), "OMP_NUM_THREADS": "1"}
     overrides = TINY + [f"OUTPUT_DIR {out}", "DATASETS.TRAIN ('toy_panoptic_train_panoptic',)"]
-    opts = [o for item in overrides for o in item.split(" ", 1)]
-    command = [sys.executable, *script, "--config-file", str(R50), *extra, *opts]
+    command = [sys.executable, *script, "--config-file", str(R50), *extra, *split_overrides(overrides)]
     log = open(out / "stdout.txt", "a")
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

@@ -1,5 +1,4 @@
 """tools/demo.py and its image reading: any kind of image in, one PNG per image out, in each output mode."""
-import importlib.util
 import logging
 
 import numpy as np
@@ -7,17 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, ROOT, make_cfg
+from conftest import CONFIGS, ROOT, load_script, make_cfg
 from mask2former.visualization import read_image
 
 CONFIG = CONFIGS / "toy" / "maskformer2_R50_narrow_toy.yaml"
 
 
 def _load_demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
+    return load_script(ROOT / "tools" / "demo.py")
 
 
 def _red_left_blue_right(height=20, width=40):

@@ -93,8 +93,9 @@ def test_switch_off_leaves_outputs_identical(fast_and_float):
 def test_switch_on_stays_within_bfloat16_precision(fast_and_float):
     _, runs = fast_and_float
     (fast_out, fast), (float_out, ref) = runs[torch.bfloat16], runs[None]
-    # The switch took effect: the head computed in bfloat16.
-    assert fast["decoder"]["pred_masks"].dtype == torch.bfloat16
+    # The switch took effect: the pixel decoder computed in bfloat16, the prediction heads in float32.
+    assert fast["mask_features"].dtype == torch.bfloat16
+    assert fast["decoder"]["pred_masks"].dtype == fast["decoder"]["pred_logits"].dtype == torch.float32
 
     for level, feature in ref["backbone"].items():
         assert relative_error(fast["backbone"][level], feature) <= TOLERANCE["backbone"], level

@@ -1,6 +1,5 @@
 """The toy panoptic dataset: COCO panoptic layout, consistent annotations, the promised content, registration."""
 import filecmp
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
 
 
@@ -172,9 +171,7 @@ def test_cli(tmp_path, capsys):
     first = subprocess.run([sys.executable, str(script)] + args, capture_output=True, text=True, check=True)
     assert "wrote 2 train + 1 val images" in first.stdout
 
-    spec = importlib.util.spec_from_file_location("prepare_toy_panoptic", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script(script)
     assert cli.main(args) == 0
     assert "already" in capsys.readouterr().out
     assert cli.main(args + ["--force"]) == 0
