@@ -7,8 +7,6 @@ queries and after every layer, shared heads predict class logits and mask logits
 embedding with the per-pixel mask features); in training all of these predictions are returned for deep
 supervision, in inference only the last.
 """
-from contextlib import nullcontext
-
 import fvcore.nn.weight_init as weight_init
 import torch
 from detectron2.config import configurable
@@ -284,18 +282,28 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         Class logits, mask logits on ``mask_features`` (None when not given), and the boolean attention mask
         (True = blocked) for the next layer from the mask logits on ``level_mask_features``.
         """
+        if self.training:
+            return self._prediction_heads(output, mask_features, level_mask_features)
         # Inference runs the heads in float32 under autocast too: the next layer's attention masks threshold these
         # mask logits at 0, where 16-bit rounding flips pixels (it halves the bfloat16 path's PQ deviation,
         # docs/benchmarks.md), and the heads are a small share of the work. Training follows autocast, as the
         # original: its per-layer full-resolution masks are the decoder's largest activations.
-        with nullcontext() if self.training else torch.autocast(output.device.type, enabled=False):
-            decoder_output = self.decoder_norm(output.float()).transpose(0, 1)
-            outputs_class = self.class_embed(decoder_output)
-            mask_embed = self.mask_embed(decoder_output)
-            outputs_mask = None
-            if mask_features is not None:
-                outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features.float())
-            attn_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, level_mask_features.float())
+        with torch.autocast(output.device.type, enabled=False):
+            return self._prediction_heads(
+                output.float(),
+                None if mask_features is None else mask_features.float(),
+                level_mask_features.float(),
+            )
+
+    def _prediction_heads(self, output, mask_features, level_mask_features):
+        """``forward_prediction_heads`` in the dtypes it is given."""
+        decoder_output = self.decoder_norm(output).transpose(0, 1)
+        outputs_class = self.class_embed(decoder_output)
+        mask_embed = self.mask_embed(decoder_output)
+        outputs_mask = None
+        if mask_features is not None:
+            outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        attn_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, level_mask_features)
         # Pixels whose predicted foreground probability is below 0.5 are masked out, for every head.
         attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
         attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
