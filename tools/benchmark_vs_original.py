@@ -23,8 +23,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.projects.deeplab import add_deeplab_config
 from tabulate import tabulate
 
 IMPLEMENTATIONS = ("this project", "original")
@@ -50,13 +56,6 @@ def parse_args(argv=None):
 
 def build(args, original):
     """The model of one implementation, from the config; imports that implementation's ``mask2former``."""
-    import types
-
-    import torch
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-    from detectron2.projects.deeplab import add_deeplab_config
-
     if original:
         sys.path.insert(0, str(Path(args.original).resolve()))
         # The original's evaluation module imports detectron2's compiled COCOeval at import time; the model does
@@ -91,8 +90,6 @@ def peak_rss_mib():
 
 def load_weights(model, path, original):
     """The shared weights: through SafeCheckpointer into this project's model, as plain tensors into the original."""
-    import torch
-
     if not original:
         from mask2former.checkpoint import SafeCheckpointer
 
@@ -107,9 +104,6 @@ def load_weights(model, path, original):
 
 def worker(args):
     """One process of one implementation: load the weights, time inference, write times and an output summary."""
-    import numpy as np
-    import torch
-
     work = Path(args.work_dir)
     original = args.worker == "original"
     model = build(args, original)
@@ -139,8 +133,6 @@ def worker(args):
 
 
 def compare_outputs(work):
-    import numpy as np
-
     ours, theirs = (np.load(work / f"{name.replace(' ', '_')}_outputs.npz") for name in IMPLEMENTATIONS)
     return {
         "sem_seg max abs diff (every 8th pixel)": float(np.abs(ours["sem_seg_s8"] - theirs["sem_seg_s8"]).max()),
@@ -163,13 +155,9 @@ def main(argv=None):
         )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        import torch
-
         model = build(args, original=False)
         if args.weights:
-            from mask2former.checkpoint import SafeCheckpointer
-
-            SafeCheckpointer(model).load(args.weights)
+            load_weights(model, args.weights, original=False)
         torch.save({"model": model.state_dict()}, work / "weights.pth")
         del model
         forwarded = [

@@ -124,14 +124,15 @@ def instance_inference(
 
     # Many pairs share a query: each query's mask is binarized, scored and boxed once, by its first pair, one mask
     # at a time, so that no temporary is larger than one full-resolution mask.
+    pair_queries = query_indices.tolist()
     first_pair = {}
-    source = [first_pair.setdefault(q, j) for j, q in enumerate(query_indices.tolist())]
+    source = [first_pair.setdefault(q, j) for j, q in enumerate(pair_queries)]
     h, w = mask_pred.shape[-2:]
     masks = mask_pred.new_empty((len(source), h, w))
     mask_scores = mask_pred.new_zeros(len(source))
     rows_max = mask_pred.new_zeros((len(source), h))
     cols_max = mask_pred.new_zeros((len(source), w))
-    for j, q in enumerate(query_indices.tolist()):
+    for j, q in enumerate(pair_queries):
         if source[j] != j:
             masks[j] = masks[source[j]]
             continue
