@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Generate the project's toy panoptic dataset in COCO panoptic layout (see mask2former/data/toy_panoptic.py).
+Generate the project's toy panoptic dataset in COCO panoptic layout (see mask2former/toy/panoptic.py).
 
     python datasets/prepare_toy_panoptic.py                 # -> $DETECTRON2_DATASETS/toy_panoptic
     python datasets/prepare_toy_panoptic.py --root /tmp/toy --num-train 50 --num-val 10 --seed 1
@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from mask2former.data.toy_panoptic import default_root, generate_toy_panoptic, is_generated
+from mask2former.toy import default_root, generate_toy_panoptic, is_generated
 
 
 def main(argv=None):

@@ -44,7 +44,7 @@ def row(check):
 def missing_dataset(tmp_path):
     from detectron2.data import DatasetCatalog
 
-    from mask2former.data.toy_panoptic import register_toy_panoptic
+    from mask2former.toy import register_toy_panoptic
 
     root = tmp_path / "never_prepared"
     register_toy_panoptic(str(root), name="bad_inputs_missing")
@@ -57,7 +57,7 @@ def missing_dataset(tmp_path):
 def corrupt_annotation_json(tmp_path):
     from detectron2.data import DatasetCatalog
 
-    from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic, split_paths
+    from mask2former.toy import generate_toy_panoptic, register_toy_panoptic, split_paths
 
     root = tmp_path / "toy"
     generate_toy_panoptic(str(root), num_train=1, num_val=1)

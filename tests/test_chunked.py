@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mask2former.modeling.backbone.swin import WindowAttention, shifted_window_mask
-from mask2former.modeling.chunked import CHUNK_TOKENS, apply_by_token_chunks, inference_chunks
+from mask2former.modeling.layers.chunked import CHUNK_TOKENS, apply_by_token_chunks, inference_chunks
 
 
 def test_chunks_only_in_cpu_inference_of_many_rows():

@@ -18,8 +18,8 @@ from torch import nn
 
 from conftest import R50, ROOT, TINY_MODEL, assert_same_state, make_cfg, split_overrides
 from mask2former.checkpoint import SafeCheckpointer
-from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
-from mask2former.loss_guard import NonFiniteLossCheck
+from mask2former.toy import generate_toy_panoptic, register_toy_panoptic
+from mask2former.engine import NonFiniteLossCheck, Trainer
 
 
 class TwoLosses(nn.Module):
@@ -190,11 +190,8 @@ def test_sigkill_after_first_checkpoint_and_during_a_save_then_resume(toy_root, 
 
 
 def _resumed_trainer(toy_root, out):
-    sys.path.insert(0, str(ROOT))
-    import train_net
-
     register_toy_panoptic(str(toy_root / "toy_panoptic"), name="crash_resume_toy")
     overrides = TINY + [f"OUTPUT_DIR {out}", "DATASETS.TRAIN ('crash_resume_toy_train_panoptic',)"]
-    trainer = train_net.Trainer(make_cfg(R50, overrides))
+    trainer = Trainer(make_cfg(R50, overrides))
     trainer.resume_or_load(resume=True)
     return trainer

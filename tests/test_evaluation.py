@@ -15,7 +15,7 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 from conftest import CONFIGS, make_cfg
-from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic, write_split
+from mask2former.toy import generate_toy_panoptic, register_toy_panoptic, write_split
 from mask2former.evaluation import build_evaluator
 
 CONFIG = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import R50, ROOT, TINY_MODEL
-from mask2former.data.toy_panoptic import generate_toy_panoptic
+from mask2former.toy import generate_toy_panoptic
 
 TINY = [
     *TINY_MODEL,

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from conftest import ROOT, load_script
-from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
+from mask2former.toy import generate_toy_panoptic, register_toy_panoptic
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,12 @@ def test_registered_on_import_and_missing_dataset_explains_itself(tmp_path, monk
     register_toy_panoptic(root=str(tmp_path / "nowhere"), name=name)
     with pytest.raises(FileNotFoundError, match="prepare_toy_panoptic.py"):
         DatasetCatalog.get(f"{name}_train_panoptic")
+
+
+def test_importing_the_package_leaves_the_generator_out():
+    code = "import sys, mask2former; print(sorted(m for m in sys.modules if m.startswith('mask2former.toy')))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert run.stdout.strip() == "[]"
 
 
 def test_cli(tmp_path, capsys):

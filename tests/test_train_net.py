@@ -1,4 +1,4 @@
-"""train_net.py: optimizer parameter groups, gradient clipping, schedulers, data, and a short CPU training run."""
+"""The Trainer (parameter groups, gradient clipping, schedulers, data) and a short CPU run of train_net.py."""
 import json
 import logging
 import math
@@ -13,7 +13,8 @@ from torch import nn
 
 from conftest import CONFIGS, FIXTURES, R50, ROOT, TINY_MODEL, make_cfg
 from mask2former.checkpoint import CorruptCheckpointError
-from mask2former.data.toy_panoptic import generate_toy_panoptic, register_toy_panoptic
+from mask2former.engine import Trainer
+from mask2former.toy import generate_toy_panoptic, register_toy_panoptic
 
 sys.path.insert(0, str(ROOT))
 import train_net  # noqa: E402
@@ -64,7 +65,7 @@ SOLVER = [
 def test_param_groups_r50(toy_dataset):
     cfg = make_cfg(R50, TINY + SOLVER + ["MODEL.BACKBONE.FREEZE_AT 2"])
     model = build_model(cfg)
-    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
     # backbone (FrozenBN: no norm parameters), head, head norms, embeddings: identical settings share a group
     assert len(optimizer.param_groups) == 4
@@ -90,7 +91,7 @@ def test_param_groups_swin_position_tables_have_no_weight_decay(fixtures_dir):
     overrides = json.loads((FIXTURES / "reference_tiny/tiny_swin_overrides.json").read_text())["overrides"]
     cfg = make_cfg(SWIN_T, overrides + SOLVER + ["MODEL.WEIGHTS ''", "MODEL.DEVICE cpu"])
     model = build_model(cfg)
-    hyper = _hyperparams(train_net.Trainer.build_optimizer(cfg, model))
+    hyper = _hyperparams(Trainer.build_optimizer(cfg, model))
     params = dict(model.named_parameters())
     table = params["backbone.layers.0.blocks.0.attn.relative_position_bias_table"]
     assert hyper[table] == pytest.approx((0.005, 0.0))
@@ -117,7 +118,7 @@ def test_full_model_gradient_clipping():
         + ["SOLVER.CLIP_GRADIENTS.CLIP_VALUE 0.5"],
     )
     model = Small()
-    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.SGD)
     before = [p.detach().clone() for p in model.parameters()]
     _grads(model, 2.0)
@@ -136,7 +137,7 @@ def test_per_value_clipping_uses_detectron2s():
         + ["SOLVER.CLIP_GRADIENTS.CLIP_TYPE value", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE 0.25"],
     )
     model = Small()
-    optimizer = train_net.Trainer.build_optimizer(cfg, model)
+    optimizer = Trainer.build_optimizer(cfg, model)
     before = [p.detach().clone() for p in model.parameters()]
     _grads(model, 2.0)
     optimizer.step()
@@ -145,8 +146,8 @@ def test_per_value_clipping_uses_detectron2s():
 
 
 def _lr_at(cfg, iteration):
-    optimizer = train_net.Trainer.build_optimizer(cfg, Small())
-    scheduler = train_net.Trainer.build_lr_scheduler(cfg, optimizer)
+    optimizer = Trainer.build_optimizer(cfg, Small())
+    scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
     for _ in range(iteration):
         optimizer.step()
         scheduler.step()
@@ -168,26 +169,26 @@ def test_md5_check_follows_the_config_switch(tmp_path):
     renamed = tmp_path / "my_run_abc123.pkl"  # not the md5 prefix of the file
     renamed.write_bytes(pickle.dumps({"model": weights, "__author__": "me"}))
     with pytest.raises(CorruptCheckpointError, match="MODEL.WEIGHTS_MD5_CHECK False"):
-        train_net.Trainer.build_checkpointer(make_cfg(R50), Small()).load(str(renamed))
+        Trainer.build_checkpointer(make_cfg(R50), Small()).load(str(renamed))
     model = Small()
-    train_net.Trainer.build_checkpointer(make_cfg(R50, ["MODEL.WEIGHTS_MD5_CHECK False"]), model).load(str(renamed))
+    Trainer.build_checkpointer(make_cfg(R50, ["MODEL.WEIGHTS_MD5_CHECK False"]), model).load(str(renamed))
     assert all(torch.equal(model.state_dict()[k], torch.as_tensor(v)) for k, v in weights.items())
 
 
 def test_unsupported_optimizer_is_explained():
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER='LAMB' is not supported"):
-        train_net.Trainer.build_optimizer(make_cfg(R50, ["SOLVER.OPTIMIZER LAMB"]), Small())
+        Trainer.build_optimizer(make_cfg(R50, ["SOLVER.OPTIMIZER LAMB"]), Small())
 
 
 def test_train_loader_uses_the_lsj_mapper(toy_dataset):
     cfg = make_cfg(R50, TINY + ["SOLVER.IMS_PER_BATCH 2"])
-    batch = next(iter(train_net.Trainer.build_train_loader(cfg)))
+    batch = next(iter(Trainer.build_train_loader(cfg)))
     assert len(batch) == 2
     for item in batch:
         assert item["image"].shape == (3, 64, 64) and item["instances"].gt_masks.shape[1:] == (64, 64)
     cfg = make_cfg(R50, TINY + ["INPUT.DATASET_MAPPER_NAME mask_former_panoptic"])
     with pytest.raises(ValueError, match="'mask_former_panoptic' is not available"):
-        train_net.Trainer.build_train_loader(cfg)
+        Trainer.build_train_loader(cfg)
 
 
 TRAIN = TINY + ["SOLVER.IMS_PER_BATCH 2", "SOLVER.BASE_LR 0.003", "SOLVER.STEPS (1000,)"]
@@ -209,7 +210,7 @@ def trained(toy_dataset, tmp_path_factory):
     handler.emit = records.append
     logging.getLogger("mask2former").addHandler(handler)
     try:
-        trainer = train_net.Trainer(cfg)
+        trainer = Trainer(cfg)
     finally:
         logging.getLogger("mask2former").removeHandler(handler)
     trainer.resume_or_load(resume=False)
@@ -231,7 +232,7 @@ def test_checkpoints_resume_and_eval_only(trained):
     out, _, _ = trained
     assert (out / "model_0000011.pth").is_file() and (out / "model_final.pth").is_file()
     # --resume continues from the last checkpoint with its iteration counter.
-    resumed = train_net.Trainer(make_cfg(R50, TRAIN + ["SOLVER.MAX_ITER 26", f"OUTPUT_DIR {out}"]))
+    resumed = Trainer(make_cfg(R50, TRAIN + ["SOLVER.MAX_ITER 26", f"OUTPUT_DIR {out}"]))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 24
     resumed.train()

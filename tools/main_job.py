@@ -30,15 +30,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # train_net.py lives at the repository root
 
 from mask2former import get_maskformer2_cfg  # noqa: E402
-from mask2former.data.toy_panoptic import default_root, generate_toy_panoptic, is_generated  # noqa: E402
+from mask2former.engine import Trainer  # noqa: E402
+from mask2former.toy import default_root, generate_toy_panoptic, is_generated  # noqa: E402
 from mask2former.evaluation.summary import format_summary, summarize_results  # noqa: E402
 from mask2former.visualization import draw_panoptic_ground_truth, draw_prediction, read_image  # noqa: E402
-from train_net import Trainer  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 logger = logging.getLogger("main_job")
 CURVE_METRICS = (("panoptic_seg/PQ", "PQ"), ("segm/AP", "AP"), ("sem_seg/mIoU", "mIoU"))
 

@@ -1,5 +1,5 @@
 """Dataset registrations; importing this package registers them (lazily: no annotation file is read)."""
-from . import register_coco_panoptic_annos_semseg
+from . import register_coco_panoptic_annos_semseg, register_toy_panoptic
 from .register_coco_panoptic_annos_semseg import (
     coco_panoptic_metadata,
     load_panoptic_json,

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from ..chunked import CHUNK_TOKENS, apply_by_token_chunks, inference_chunks
+from ..layers import CHUNK_TOKENS, apply_by_token_chunks, inference_chunks
 
 # Added to the attention logits between tokens that come from different regions of a shifted map.
 _SHIFT_MASK_VALUE = -100.0

@@ -19,8 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...ops.ms_deform_attn import ms_deform_attn
-from ..chunked import apply_by_token_chunks
-from ..transformer_decoder.position_encoding import PositionEmbeddingSine
+from ..layers import NUM_DECODER_FEATURE_LEVELS, PositionEmbeddingSine, apply_by_token_chunks
 
 
 def build_pixel_decoder(cfg, input_shape):
@@ -281,7 +280,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1, stride=1, padding=0)
         weight_init.c2_xavier_fill(self.mask_features)
         # The transformer decoder uses this many of the decoder's outputs, lowest resolution first.
-        self.maskformer_num_feature_levels = 3
+        self.maskformer_num_feature_levels = NUM_DECODER_FEATURE_LEVELS
 
         self.common_stride = common_stride
         min_stride = min(self.transformer_feature_strides)

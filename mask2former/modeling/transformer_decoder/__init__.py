@@ -3,4 +3,3 @@ from .mask2former_transformer_decoder import (
     MultiScaleMaskedTransformerDecoder,
     build_transformer_decoder,
 )
-from .position_encoding import PositionEmbeddingSine

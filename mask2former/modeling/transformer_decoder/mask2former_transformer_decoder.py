@@ -15,7 +15,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torch.nn import functional as F
 
-from .position_encoding import PositionEmbeddingSine
+from ..layers import NUM_DECODER_FEATURE_LEVELS, PositionEmbeddingSine
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = """
@@ -131,7 +131,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     """The Mask2Former decoder: masked cross-attention, then self-attention, then FFN, in each layer."""
 
     _version = 2
-    num_feature_levels = 3
+    num_feature_levels = NUM_DECODER_FEATURE_LEVELS
 
     @configurable
     def __init__(

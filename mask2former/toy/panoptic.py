@@ -1,5 +1,5 @@
 """
-The project's own small panoptic dataset, written in the exact COCO panoptic layout.
+The generator of the project's own small panoptic dataset, written in the exact COCO panoptic layout.
 
 Things are discs, triangles and crosses in random colours (told apart only by shape), of varied scale,
 overlapping and touching one another; stuff is two or three background regions, each class a texture (stripes,
@@ -27,21 +27,15 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from .datasets import register_panoptic_annos_sem_seg
-
-# Dataset ids with gaps, things first, as in COCO panoptic; contiguous ids follow this order.
-CATEGORIES = [
-    {"id": 1, "name": "disc", "isthing": 1, "color": [220, 20, 60]},
-    {"id": 2, "name": "triangle", "isthing": 1, "color": [0, 130, 200]},
-    {"id": 4, "name": "cross", "isthing": 1, "color": [145, 30, 180]},
-    {"id": 11, "name": "stripes", "isthing": 0, "color": [70, 160, 70]},
-    {"id": 12, "name": "checker", "isthing": 0, "color": [120, 120, 120]},
-    {"id": 13, "name": "speckle", "isthing": 0, "color": [190, 150, 110]},
-]
-THINGS = [c for c in CATEGORIES if c["isthing"]]
-STUFF = [c for c in CATEGORIES if not c["isthing"]]
-SPLITS = ("train", "val")
-IGNORE_LABEL = 255
+from ..data.datasets.register_toy_panoptic import (
+    CATEGORIES,
+    IGNORE_LABEL,
+    SPLITS,
+    STUFF,
+    THINGS,
+    split_paths,
+    toy_panoptic_metadata,
+)
 
 MIN_SIDE, MAX_SIDE = 128, 192
 MAX_THINGS = 5
@@ -50,60 +44,6 @@ NEAR_PROB = 0.4  # chance that a new thing is placed against an existing one (to
 MIN_VISIBLE_FRACTION = 0.6  # of a thing's full area that stays visible after occlusion and cropping
 MIN_VISIBLE_AREA = 80
 MIN_RADIUS, MAX_RADIUS_FRACTION = 10.0, 0.3  # thing circumradius: pixels, fraction of the shorter side
-
-
-def toy_panoptic_metadata():
-    """
-    Metadata in the form detectron2's COCO panoptic evaluators expect: contiguous ids over all classes, things
-    first; ``stuff_*`` lists every class (the semantic-segmentation view), ``thing_*`` only the things.
-    """
-    return {
-        "thing_classes": [c["name"] for c in THINGS],
-        "thing_colors": [c["color"] for c in THINGS],
-        "stuff_classes": [c["name"] for c in CATEGORIES],
-        "stuff_colors": [c["color"] for c in CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(THINGS)},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(CATEGORIES)},
-    }
-
-
-def split_paths(root, split):
-    """Where the files of one split live under ``root``."""
-    return {
-        "image_root": os.path.join(root, split),
-        "panoptic_json": os.path.join(root, f"panoptic_{split}.json"),
-        "panoptic_root": os.path.join(root, f"panoptic_{split}"),
-        "sem_seg_root": os.path.join(root, f"panoptic_semseg_{split}"),
-        "instances_json": os.path.join(root, "annotations", f"instances_{split}.json"),
-    }
-
-
-def default_root():
-    """``$DETECTRON2_DATASETS/toy_panoptic``; DETECTRON2_DATASETS defaults to ``datasets``, as for COCO."""
-    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "toy_panoptic")
-
-
-def register_toy_panoptic(root=None, name="toy_panoptic"):
-    """
-    Register both splits under COCO's naming, with the COCO registration: ``<name>_{train,val}_panoptic``
-    (panoptic annotations, for the ``coco_panoptic_lsj`` mapper) and ``<name>_{train,val}_panoptic_with_sem_seg``
-    (plus the semantic PNGs: PQ, AP and mIoU in one evaluation pass). Loading fails with a message saying how to
-    generate the dataset until it exists.
-    """
-    root = root or default_root()
-    how_to_prepare = (
-        f"generate the toy panoptic dataset with `python datasets/prepare_toy_panoptic.py --root {root}` "
-        "(or point DETECTRON2_DATASETS at the folder that contains toy_panoptic/)"
-    )
-    for split in SPLITS:
-        register_panoptic_annos_sem_seg(
-            f"{name}_{split}_panoptic", toy_panoptic_metadata(), how_to_prepare=how_to_prepare, **split_paths(root, split)
-        )
-
-
-def is_generated(root):
-    """True when every annotation file of both splits is in place (generation writes them last)."""
-    return all(os.path.isfile(split_paths(root, s)[k]) for s in SPLITS for k in ("panoptic_json", "instances_json"))
 
 
 def generate_toy_panoptic(root, num_train=400, num_val=50, seed=0):
@@ -392,6 +332,3 @@ def _bbox(mask):
 def _dump(path, obj):
     with open(path, "w") as f:
         json.dump(obj, f)
-
-
-register_toy_panoptic()
