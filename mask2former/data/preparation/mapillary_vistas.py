@@ -1,0 +1,80 @@
+"""
+Mapillary Vistas into the layout of the ``mapillary_vistas_*`` registrations, which read the release's v1.2
+annotations as they are: ``<split>/images/*.jpg``, ``<split>/labels/*.png`` (one palette index per pixel: class
+0..64, 65 unlabeled) and ``<split>/panoptic/*.png`` + ``<split>/panoptic/panoptic_2018.json``.
+
+A v2.0 download keeps the v1.2 annotations in ``<split>/v1.2/{labels,panoptic}``: those folders are linked into
+place. Then the layout is checked: every image has a label and a panoptic PNG, the json lists them, and labels
+hold class indices rather than colours.
+"""
+import json
+import os
+
+from PIL import Image
+
+__all__ = ["MAPILLARY_SPLITS", "check_split", "link_v12_annotations", "prepare_mapillary_vistas"]
+
+MAPILLARY_SPLITS = ("training", "validation")
+_HOW_TO = "unpack the Mapillary Vistas release as described in datasets/README.md"
+
+
+def _require(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist; {_HOW_TO}")
+
+
+def _stems(folder, extension):
+    return {os.path.splitext(f)[0] for f in os.listdir(folder) if f.endswith(extension)}
+
+
+def link_v12_annotations(split_dir):
+    """Link ``v1.2/labels`` and ``v1.2/panoptic`` to ``labels`` and ``panoptic`` when only the former exist; returns the links made."""
+    made = []
+    for folder in ("labels", "panoptic"):
+        target = os.path.join(split_dir, folder)
+        versioned = os.path.join(split_dir, "v1.2", folder)
+        if not os.path.exists(target) and os.path.isdir(versioned):
+            os.symlink(os.path.join("v1.2", folder), target)
+            made.append(target)
+    return made
+
+
+def check_split(split_dir):
+    """
+    Check one split folder; returns the number of images. Raises ``FileNotFoundError`` for a missing folder or
+    file and ``ValueError`` for labels stored as colours, both naming the path.
+    """
+    image_dir, label_dir, panoptic_dir = (os.path.join(split_dir, f) for f in ("images", "labels", "panoptic"))
+    panoptic_json = os.path.join(panoptic_dir, "panoptic_2018.json")
+    for path in (image_dir, label_dir, panoptic_dir, panoptic_json):
+        _require(path)
+    images = _stems(image_dir, ".jpg")
+    if not images:
+        raise FileNotFoundError(f"{image_dir} holds no .jpg image; {_HOW_TO}")
+    for folder in (label_dir, panoptic_dir):
+        missing = sorted(images - _stems(folder, ".png"))
+        if missing:
+            raise FileNotFoundError(f"{os.path.join(folder, missing[0] + '.png')} does not exist ({len(missing)} missing); {_HOW_TO}")
+    with open(panoptic_json) as f:
+        listed = {os.path.splitext(a["file_name"])[0] for a in json.load(f)["annotations"]}
+    if images - listed:
+        raise ValueError(f"{panoptic_json} does not list {sorted(images - listed)[0]} ({len(images - listed)} images); {_HOW_TO}")
+    first_label = os.path.join(label_dir, sorted(images)[0] + ".png")
+    with Image.open(first_label) as label:
+        if label.mode not in ("P", "L"):
+            raise ValueError(
+                f"{first_label} is a {label.mode} image; the registrations need the release's single-channel "
+                "labels (one class index per pixel)"
+            )
+    return len(images)
+
+
+def prepare_mapillary_vistas(vistas_root):
+    """Link v1.2 annotations where needed and check both splits; returns ``{split: image count}``."""
+    counts = {}
+    for split in MAPILLARY_SPLITS:
+        split_dir = os.path.join(vistas_root, split)
+        _require(split_dir)
+        link_v12_annotations(split_dir)
+        counts[split] = check_split(split_dir)
+    return counts
