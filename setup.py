@@ -28,6 +28,7 @@ setup(
     description="Mask2Former (masked-attention mask transformer) for universal image segmentation, on detectron2",
     python_requires=">=3.10",
     packages=find_packages(include=["mask2former", "mask2former.*"]),
+    package_data={"mask2former.data.datasets": ["meta/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
