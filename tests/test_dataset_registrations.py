@@ -157,7 +157,8 @@ def test_a_registration_replaces_the_previous_one(tmp_path):
     register_all_ade20k_sem_seg(str(tmp_path / "a"))
     register_all_ade20k_sem_seg(str(tmp_path / "b"))
     try:
-        assert MetadataCatalog.get("ade20k_sem_seg_val").image_root == str(tmp_path / "b/ADEChallengeData2016/images/validation")
+        image_root = MetadataCatalog.get("ade20k_sem_seg_val").image_root
+        assert image_root == str(tmp_path / "b/ADEChallengeData2016/images/validation")
         with pytest.raises(FileNotFoundError, match=f"{tmp_path}/b/"):
             DatasetCatalog.get("ade20k_sem_seg_val")
     finally:

@@ -2,8 +2,8 @@
 Each datasets/prepare_*.py on a small fake copy of its dataset's raw layout, then the result loaded back through
 DatasetCatalog by the registration (registered for the fake root; the default registration is restored after).
 """
+import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -90,7 +90,8 @@ def test_ade20k_pan_seg(tmp_path, registered_at):
     assert _script("prepare_ade20k_pan_seg")(["--root", str(ade), "--workers", "2"]) == 0
     panoptic = json.loads((ade / "ade20k_panoptic_val.json").read_text())
     assert [c["id"] for c in panoptic["categories"]] == list(range(150))
-    assert panoptic["images"] == [{"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg", "width": 32, "height": 24}]
+    image = {"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg", "width": 32, "height": 24}
+    assert panoptic["images"] == [image]
 
     registered_at(register_all_ade20k_panoptic)
     (record,) = DatasetCatalog.get("ade20k_panoptic_val")
@@ -209,7 +210,8 @@ def _write_mapillary(root, *, v2_layout_split="training"):
             {"id": 5, "category_id": ROAD + 1, "iscrowd": 0, "area": int((ids == 5).sum())},
             {"id": 9, "category_id": PERSON_LABEL + 1, "iscrowd": 0, "area": int((ids == 9).sum())},
         ]
-        panoptic = {"images": [], "annotations": [{"image_id": stem, "file_name": f"{stem}.png", "segments_info": segments}]}
+        annotation = {"image_id": stem, "file_name": f"{stem}.png", "segments_info": segments}
+        panoptic = {"images": [], "annotations": [annotation]}
         (annotations / "panoptic" / "panoptic_2018.json").write_text(json.dumps(panoptic))
     return vistas
 
@@ -228,7 +230,8 @@ def test_mapillary_vistas(tmp_path, registered_at, capsys):
     (panoptic,) = DatasetCatalog.get("mapillary_vistas_panoptic_val")
     assert panoptic["file_name"] == str(vistas / "validation/images/val_img.jpg")
     assert panoptic["sem_seg_file_name"] == str(vistas / "validation/labels/val_img.png")
-    assert [(s["category_id"], s["isthing"]) for s in panoptic["segments_info"]] == [(ROAD, False), (PERSON_LABEL, True)]
+    segments = [(s["category_id"], s["isthing"]) for s in panoptic["segments_info"]]
+    assert segments == [(ROAD, False), (PERSON_LABEL, True)]
     meta = MetadataCatalog.get("mapillary_vistas_panoptic_val")
     assert meta.stuff_classes[ROAD] == "Road" and meta.thing_classes[PERSON_LABEL] == "Person"
 
@@ -283,6 +286,12 @@ def test_cityscapes(tmp_path, registered_at):
     assert sorted((s["category_id"], s["iscrowd"]) for s in panoptic["segments_info"]) == [(0, 0), (13, 0)]
     segment_ids = rgb2id(np.asarray(Image.open(panoptic["pan_seg_file_name"]).convert("RGB")).astype(np.uint32))
     assert segment_ids[12, 8] == 26000 and segment_ids[9, 20] == 7 and segment_ids[0, 0] == 0
+    if importlib.util.find_spec("shapely") is None:  # detectron2 reads the instance polygons with shapely
+        with pytest.raises(ImportError, match="pip install shapely"):
+            DatasetCatalog.get("cityscapes_fine_instance_seg_val")
+    else:
+        (instance,) = DatasetCatalog.get("cityscapes_fine_instance_seg_val")
+        assert [a["category_id"] for a in instance["annotations"]] == [2]  # car, the 3rd thing class
 
 
 def test_cityscapes_missing_labels(tmp_path, capsys):

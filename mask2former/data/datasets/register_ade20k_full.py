@@ -30,7 +30,12 @@ def register_all_ade20k_full(root):
         register_replacing(
             f"ade20k_full_sem_seg_{split}",
             partial(
-                load_sem_seg_checked, sem_seg_root, image_root, gt_ext="tif", image_ext="jpg", how_to_prepare=how_to_prepare
+                load_sem_seg_checked,
+                sem_seg_root,
+                image_root,
+                gt_ext="tif",
+                image_ext="jpg",
+                how_to_prepare=how_to_prepare,
             ),
             image_root=image_root,
             sem_seg_root=sem_seg_root,

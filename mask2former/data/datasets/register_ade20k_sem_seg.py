@@ -37,7 +37,12 @@ def register_all_ade20k_sem_seg(root):
         register_replacing(
             f"ade20k_sem_seg_{split}",
             partial(
-                load_sem_seg_checked, sem_seg_root, image_root, gt_ext="png", image_ext="jpg", how_to_prepare=how_to_prepare
+                load_sem_seg_checked,
+                sem_seg_root,
+                image_root,
+                gt_ext="png",
+                image_ext="jpg",
+                how_to_prepare=how_to_prepare,
             ),
             image_root=image_root,
             sem_seg_root=sem_seg_root,

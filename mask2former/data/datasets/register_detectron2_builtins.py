@@ -78,7 +78,7 @@ def register_all_cityscapes_checked(root):
         f"`python datasets/prepare_cityscapes.py --root {cityscapes_root}` (datasets/README.md); "
         "or point DETECTRON2_DATASETS at the folder that contains cityscapes/"
     )
-    _remove(f"cityscapes_fine_{task}_{split}" for task in ("sem_seg", "instance_seg") for split in ("train", "val", "test"))
+    _remove(f"cityscapes_fine_{t}_{s}" for t in ("sem_seg", "instance_seg") for s in ("train", "val", "test"))
     _remove(f"cityscapes_fine_panoptic_{split}" for split in CITYSCAPES_SPLITS)
     d2_register_all_cityscapes(root)
     register_all_cityscapes_panoptic(root)

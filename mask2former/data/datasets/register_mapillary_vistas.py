@@ -37,7 +37,12 @@ def register_all_mapillary_vistas(root):
         register_replacing(
             f"mapillary_vistas_sem_seg_{split}",
             partial(
-                load_sem_seg_checked, sem_seg_root, image_root, gt_ext="png", image_ext="jpg", how_to_prepare=how_to_prepare
+                load_sem_seg_checked,
+                sem_seg_root,
+                image_root,
+                gt_ext="png",
+                image_ext="jpg",
+                how_to_prepare=how_to_prepare,
             ),
             image_root=image_root,
             sem_seg_root=sem_seg_root,

@@ -21,6 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from ..datasets.categories import ade20k_150_categories, load_categories
+from ..datasets.loaders import require_paths
 from .common import bbox_xywh, map_with_progress
 
 __all__ = [
@@ -34,23 +35,18 @@ __all__ = [
 ]
 
 ADE20K_SPLITS = {"training": "train", "validation": "val"}  # folder name -> dataset name suffix
-VOID = 255
-
-
-def _require(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} does not exist; unpack ADEChallengeData2016.zip (and annotations_instance.tar for panoptic and "
-            "instance segmentation) as described in datasets/README.md"
-        )
+_HOW_TO = (
+    "unpack ADEChallengeData2016.zip (and annotations_instance.tar for panoptic and instance segmentation) as "
+    "described in datasets/README.md"
+)
 
 
 def _image_stems(ade_root, dirname):
     image_dir = os.path.join(ade_root, "images", dirname)
-    _require(image_dir)
+    require_paths([image_dir], _HOW_TO)
     stems = sorted(os.path.splitext(f)[0] for f in os.listdir(image_dir) if f.endswith(".jpg"))
     if not stems:
-        raise FileNotFoundError(f"{image_dir} holds no .jpg image; see datasets/README.md")
+        raise FileNotFoundError(f"{image_dir} holds no .jpg image: {_HOW_TO}")
     return image_dir, stems
 
 
@@ -76,7 +72,9 @@ def _instances(instance_png):
         mask = instance_ids == instance_id
         values = np.unique(classes[mask])
         if len(values) != 1 or not 1 <= values[0] <= 100:
-            raise ValueError(f"{instance_png}: instance {instance_id} has class values {values.tolist()}, not one of 1..100")
+            raise ValueError(
+                f"{instance_png}: instance {instance_id} has class values {values.tolist()}, not one of 1..100"
+            )
         yield int(instance_id), int(values[0]), mask
 
 
@@ -94,7 +92,7 @@ def prepare_ade20k_sem_seg(ade_root, *, workers=1):
     written = []
     for dirname in ADE20K_SPLITS:
         source_dir = os.path.join(ade_root, "annotations", dirname)
-        _require(source_dir)
+        require_paths([source_dir], _HOW_TO)
         target_dir = os.path.join(ade_root, "annotations_detectron2", dirname)
         os.makedirs(target_dir, exist_ok=True)
         names = sorted(f for f in os.listdir(source_dir) if f.endswith(".png"))
@@ -127,7 +125,13 @@ def panoptic_annotation(job):
         mask = segment_ids == segment_id
         if mask.any():
             segments_info.append(
-                {"id": segment_id, "category_id": category_id, "area": int(mask.sum()), "bbox": bbox_xywh(mask), "iscrowd": 0}
+                {
+                    "id": segment_id,
+                    "category_id": category_id,
+                    "area": int(mask.sum()),
+                    "bbox": bbox_xywh(mask),
+                    "iscrowd": 0,
+                }
             )
     Image.fromarray(id2rgb(segment_ids)).save(output_png)
     image = _image_entry(image_path)
@@ -142,8 +146,7 @@ def prepare_ade20k_pan_seg(ade_root, *, workers=1):
         image_dir, stems = _image_stems(ade_root, dirname)
         semantic_dir = os.path.join(ade_root, "annotations", dirname)
         instance_dir = os.path.join(ade_root, "annotations_instance", dirname)
-        for folder in (semantic_dir, instance_dir):
-            _require(folder)
+        require_paths([semantic_dir, instance_dir], _HOW_TO)
         output_dir = os.path.join(ade_root, f"ade20k_panoptic_{split}")
         os.makedirs(output_dir, exist_ok=True)
         jobs = [
@@ -171,7 +174,10 @@ def prepare_ade20k_pan_seg(ade_root, *, workers=1):
 
 
 def instance_annotations(job):
-    """The json ``image`` entry of one image and its instances' annotations (without ``id``); ``job`` is (image, instance PNG)."""
+    """
+    The json ``image`` entry of one image and its instances' annotations (without ``id``); ``job`` is (image,
+    instance PNG).
+    """
     image_path, instance_png = job
     thing_ids = _thing_ids_by_instance_class()
     image = _image_entry(image_path)
@@ -199,7 +205,7 @@ def prepare_ade20k_ins_seg(ade_root, *, workers=1):
     for dirname, split in ADE20K_SPLITS.items():
         image_dir, stems = _image_stems(ade_root, dirname)
         instance_dir = os.path.join(ade_root, "annotations_instance", dirname)
-        _require(instance_dir)
+        require_paths([instance_dir], _HOW_TO)
         jobs = [(os.path.join(image_dir, f"{s}.jpg"), os.path.join(instance_dir, f"{s}.png")) for s in stems]
         results = map_with_progress(instance_annotations, jobs, workers=workers, label=f"instance {dirname}")
         annotations = [a for _, image_annotations in results for a in image_annotations]

@@ -16,7 +16,14 @@ from PIL import Image
 from ..datasets.categories import load_categories
 from .common import map_with_progress
 
-__all__ = ["IGNORE_LABEL", "MAX_SHORTER_SIDE", "convert_image", "find_images", "prepare_ade20k_full_sem_seg", "train_ids"]
+__all__ = [
+    "IGNORE_LABEL",
+    "MAX_SHORTER_SIDE",
+    "convert_image",
+    "find_images",
+    "prepare_ade20k_full_sem_seg",
+    "train_ids",
+]
 
 IGNORE_LABEL = 65535
 MAX_SHORTER_SIDE = 512

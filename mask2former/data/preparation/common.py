@@ -41,7 +41,8 @@ def map_with_progress(function, jobs, *, workers, label):
 
     def report(done):
         if done % 500 == 0 or done == len(jobs):
-            print(f"{label}: {done}/{len(jobs)} images, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+            elapsed = time.perf_counter() - start
+            print(f"{label}: {done}/{len(jobs)} images, {elapsed:.0f} s", file=sys.stderr, flush=True)
 
     if workers <= 1:
         for job in jobs:

@@ -12,15 +12,12 @@ import os
 
 from PIL import Image
 
+from ..datasets.loaders import require_paths
+
 __all__ = ["MAPILLARY_SPLITS", "check_split", "link_v12_annotations", "prepare_mapillary_vistas"]
 
 MAPILLARY_SPLITS = ("training", "validation")
 _HOW_TO = "unpack the Mapillary Vistas release as described in datasets/README.md"
-
-
-def _require(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist; {_HOW_TO}")
 
 
 def _stems(folder, extension):
@@ -28,7 +25,10 @@ def _stems(folder, extension):
 
 
 def link_v12_annotations(split_dir):
-    """Link ``v1.2/labels`` and ``v1.2/panoptic`` to ``labels`` and ``panoptic`` when only the former exist; returns the links made."""
+    """
+    Link ``v1.2/labels`` and ``v1.2/panoptic`` to ``labels`` and ``panoptic`` where only the former exist; returns
+    the links made.
+    """
     made = []
     for folder in ("labels", "panoptic"):
         target = os.path.join(split_dir, folder)
@@ -46,19 +46,20 @@ def check_split(split_dir):
     """
     image_dir, label_dir, panoptic_dir = (os.path.join(split_dir, f) for f in ("images", "labels", "panoptic"))
     panoptic_json = os.path.join(panoptic_dir, "panoptic_2018.json")
-    for path in (image_dir, label_dir, panoptic_dir, panoptic_json):
-        _require(path)
+    require_paths([image_dir, label_dir, panoptic_dir, panoptic_json], _HOW_TO)
     images = _stems(image_dir, ".jpg")
     if not images:
-        raise FileNotFoundError(f"{image_dir} holds no .jpg image; {_HOW_TO}")
+        raise FileNotFoundError(f"{image_dir} holds no .jpg image: {_HOW_TO}")
     for folder in (label_dir, panoptic_dir):
         missing = sorted(images - _stems(folder, ".png"))
         if missing:
-            raise FileNotFoundError(f"{os.path.join(folder, missing[0] + '.png')} does not exist ({len(missing)} missing); {_HOW_TO}")
+            first = os.path.join(folder, missing[0] + ".png")
+            raise FileNotFoundError(f"{first} does not exist ({len(missing)} images lack theirs): {_HOW_TO}")
     with open(panoptic_json) as f:
         listed = {os.path.splitext(a["file_name"])[0] for a in json.load(f)["annotations"]}
-    if images - listed:
-        raise ValueError(f"{panoptic_json} does not list {sorted(images - listed)[0]} ({len(images - listed)} images); {_HOW_TO}")
+    unlisted = sorted(images - listed)
+    if unlisted:
+        raise ValueError(f"{panoptic_json} does not list {unlisted[0]} ({len(unlisted)} images): {_HOW_TO}")
     first_label = os.path.join(label_dir, sorted(images)[0] + ".png")
     with Image.open(first_label) as label:
         if label.mode not in ("P", "L"):
@@ -74,7 +75,7 @@ def prepare_mapillary_vistas(vistas_root):
     counts = {}
     for split in MAPILLARY_SPLITS:
         split_dir = os.path.join(vistas_root, split)
-        _require(split_dir)
+        require_paths([split_dir], _HOW_TO)
         link_v12_annotations(split_dir)
         counts[split] = check_split(split_dir)
     return counts
