@@ -22,10 +22,10 @@ from pycocotools import mask as mask_util
 
 from ..datasets.categories import ade20k_150_categories, load_categories
 from ..datasets.loaders import require_paths
+from ..datasets.register_ade20k_sem_seg import ADE20K_SPLITS
 from .common import bbox_xywh, map_with_progress
 
 __all__ = [
-    "ADE20K_SPLITS",
     "convert_semantic_png",
     "instance_annotations",
     "panoptic_annotation",
@@ -34,7 +34,6 @@ __all__ = [
     "prepare_ade20k_sem_seg",
 ]
 
-ADE20K_SPLITS = {"training": "train", "validation": "val"}  # folder name -> dataset name suffix
 _HOW_TO = (
     "unpack ADEChallengeData2016.zip (and annotations_instance.tar for panoptic and instance segmentation) as "
     "described in datasets/README.md"
@@ -90,7 +89,7 @@ def convert_semantic_png(job):
 def prepare_ade20k_sem_seg(ade_root, *, workers=1):
     """Write ``annotations_detectron2/{training,validation}``; returns the folders written."""
     written = []
-    for dirname in ADE20K_SPLITS:
+    for dirname in ADE20K_SPLITS.values():
         source_dir = os.path.join(ade_root, "annotations", dirname)
         require_paths([source_dir], _HOW_TO)
         target_dir = os.path.join(ade_root, "annotations_detectron2", dirname)
@@ -142,7 +141,7 @@ def panoptic_annotation(job):
 def prepare_ade20k_pan_seg(ade_root, *, workers=1):
     """Write ``ade20k_panoptic_{train,val}/`` and ``ade20k_panoptic_{train,val}.json``; returns the jsons."""
     written = []
-    for dirname, split in ADE20K_SPLITS.items():
+    for split, dirname in ADE20K_SPLITS.items():
         image_dir, stems = _image_stems(ade_root, dirname)
         semantic_dir = os.path.join(ade_root, "annotations", dirname)
         instance_dir = os.path.join(ade_root, "annotations_instance", dirname)
@@ -202,7 +201,7 @@ def prepare_ade20k_ins_seg(ade_root, *, workers=1):
     """Write ``ade20k_instance_{train,val}.json``; returns them. Annotation ids count from 1 within each split."""
     written = []
     categories = load_categories("ade20k_150")["instance_categories"]
-    for dirname, split in ADE20K_SPLITS.items():
+    for split, dirname in ADE20K_SPLITS.items():
         image_dir, stems = _image_stems(ade_root, dirname)
         instance_dir = os.path.join(ade_root, "annotations_instance", dirname)
         require_paths([instance_dir], _HOW_TO)

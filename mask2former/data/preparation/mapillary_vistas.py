@@ -13,10 +13,10 @@ import os
 from PIL import Image
 
 from ..datasets.loaders import require_paths
+from ..datasets.register_mapillary_vistas import MAPILLARY_SPLITS
 
-__all__ = ["MAPILLARY_SPLITS", "check_split", "link_v12_annotations", "prepare_mapillary_vistas"]
+__all__ = ["check_split", "link_v12_annotations", "prepare_mapillary_vistas"]
 
-MAPILLARY_SPLITS = ("training", "validation")
 _HOW_TO = "unpack the Mapillary Vistas release as described in datasets/README.md"
 
 
@@ -73,9 +73,9 @@ def check_split(split_dir):
 def prepare_mapillary_vistas(vistas_root):
     """Link v1.2 annotations where needed and check both splits; returns ``{split: image count}``."""
     counts = {}
-    for split in MAPILLARY_SPLITS:
-        split_dir = os.path.join(vistas_root, split)
+    for dirname in MAPILLARY_SPLITS.values():
+        split_dir = os.path.join(vistas_root, dirname)
         require_paths([split_dir], _HOW_TO)
         link_v12_annotations(split_dir)
-        counts[split] = check_split(split_dir)
+        counts[dirname] = check_split(split_dir)
     return counts
