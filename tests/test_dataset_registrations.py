@@ -2,6 +2,7 @@
 Dataset names of the original Mask2Former's configs: registered by importing mask2former, with the metadata the
 evaluators and the visualizer read; lazy registration; a missing folder names itself and the command that fixes it.
 """
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,19 @@ def test_importing_the_package_reads_no_dataset_file(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "touched []" in result.stdout
+
+
+def test_malformed_panoptic_json_names_the_file(empty_root):
+    validation = empty_root / "mapillary_vistas/validation"
+    panoptic_dir = validation / "panoptic"
+    for folder in (panoptic_dir, validation / "images", validation / "labels"):
+        folder.mkdir(parents=True)
+    panoptic_json = panoptic_dir / "panoptic_2018.json"
+    panoptic_json.write_text('{"annotations": [')
+    with pytest.raises(ValueError, match=f"{panoptic_json} is not a panoptic annotation file"):
+        DatasetCatalog.get("mapillary_vistas_panoptic_val")
+    segments = [{"id": 1, "category_id": 66, "iscrowd": 0}]  # 66 would be "unlabeled", which has no category
+    annotations = [{"image_id": "a", "file_name": "a.png", "segments_info": segments}]
+    panoptic_json.write_text(json.dumps({"annotations": annotations}))
+    with pytest.raises(ValueError, match="image a has a segment of unknown category 66"):
+        DatasetCatalog.get("mapillary_vistas_panoptic_val")
