@@ -2,7 +2,6 @@
 Each datasets/prepare_*.py on a small fake copy of its dataset's raw layout, then the result loaded back through
 DatasetCatalog by the registration (registered for the fake root; the default registration is restored after).
 """
-import importlib.util
 import json
 
 import numpy as np
@@ -286,12 +285,8 @@ def test_cityscapes(tmp_path, registered_at):
     assert sorted((s["category_id"], s["iscrowd"]) for s in panoptic["segments_info"]) == [(0, 0), (13, 0)]
     segment_ids = rgb2id(np.asarray(Image.open(panoptic["pan_seg_file_name"]).convert("RGB")).astype(np.uint32))
     assert segment_ids[12, 8] == 26000 and segment_ids[9, 20] == 7 and segment_ids[0, 0] == 0
-    if importlib.util.find_spec("shapely") is None:  # detectron2 reads the instance polygons with shapely
-        with pytest.raises(ImportError, match="pip install shapely"):
-            DatasetCatalog.get("cityscapes_fine_instance_seg_val")
-    else:
-        (instance,) = DatasetCatalog.get("cityscapes_fine_instance_seg_val")
-        assert [a["category_id"] for a in instance["annotations"]] == [2]  # car, the 3rd thing class
+    (instance,) = DatasetCatalog.get("cityscapes_fine_instance_seg_val")
+    assert [a["category_id"] for a in instance["annotations"]] == [2]  # car, the 3rd thing class
 
 
 def test_cityscapes_missing_labels(tmp_path, capsys):

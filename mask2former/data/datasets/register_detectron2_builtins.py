@@ -6,7 +6,6 @@ unprepared label file raises ``FileNotFoundError`` naming it and the command tha
 empty listing or a bare assertion deep inside detectron2.
 """
 import glob
-import importlib.util
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -89,11 +88,6 @@ def register_all_cityscapes_checked(root):
 
     def check_instance_seg(meta):
         require_paths([meta.image_dir, meta.gt_dir], how_to_prepare)
-        if importlib.util.find_spec("shapely") is None:
-            raise ImportError(
-                "detectron2 reads Cityscapes instance polygons with shapely, which is not installed: "
-                "pip install shapely"
-            )
 
     def check_panoptic(meta):
         require_paths([meta.image_root, meta.gt_dir, meta.panoptic_json, meta.panoptic_root], how_to_prepare)
