@@ -132,7 +132,8 @@ def test_panoptic_type_combines_pq_with_the_cityscapes_evaluators(tmp_path):
         stuff_dataset_id_to_contiguous_id={ROAD: TRAIN_ID[ROAD], SKY: TRAIN_ID[SKY]},
     )
     evaluators = build_evaluator(make_cfg(R50), name, str(tmp_path / "eval"))._evaluators
-    assert [type(e) for e in evaluators] == [COCOPanopticEvaluator, CityscapesInstanceEvaluator, CityscapesSemSegEvaluator]
+    expected = [COCOPanopticEvaluator, CityscapesInstanceEvaluator, CityscapesSemSegEvaluator]
+    assert [type(e) for e in evaluators] == expected
     semantic_only = make_cfg(
         R50, ["MODEL.MASK_FORMER.TEST.PANOPTIC_ON False", "MODEL.MASK_FORMER.TEST.INSTANCE_ON False"]
     )

@@ -213,7 +213,8 @@ def test_shared_id_panoptic_types_take_instance_ap_from_instance_seg_evaluator(t
     write_split(str(tmp_path), "val", [(np.zeros((20, 20, 3), dtype=np.uint8), HAND_GT[0])])
     name = _register(tmp_path, evaluator_type)
     evaluators = build_evaluator(make_cfg(CONFIG), name, str(tmp_path / "eval"))._evaluators
-    assert [type(e).__name__ for e in evaluators] == ["COCOPanopticEvaluator", "InstanceSegEvaluator", "SemSegEvaluator"]
+    names = [type(e).__name__ for e in evaluators]
+    assert names == ["COCOPanopticEvaluator", "InstanceSegEvaluator", "SemSegEvaluator"]
     # Instances of a stuff class (contiguous 0 = stripes here) cannot be scored as instances: a clear error.
     evaluator = InstanceSegEvaluator(name, tasks=("segm",), output_dir=str(tmp_path / "ins"), use_fast_impl=False)
     instances = Instances((20, 20), pred_masks=torch.ones((1, 20, 20), dtype=torch.bool), scores=torch.ones(1))

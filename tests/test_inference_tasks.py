@@ -32,7 +32,8 @@ TOY_TRAIN = "DATASETS.TRAIN ('toy_panoptic_train_panoptic',)"
 def _model(outputs, extra=()):
     """A tiny random model with the ``outputs`` switches (built once per test session)."""
     switches = [f"MODEL.MASK_FORMER.TEST.{s}" for s in ONLY[outputs]]
-    cfg = make_cfg(R50, TINY_MODEL + switches + [TOY_TRAIN, "MODEL.MASK_FORMER.DEC_LAYERS 2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 10"] + list(extra))
+    small = [TOY_TRAIN, "MODEL.MASK_FORMER.DEC_LAYERS 2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES 10"]
+    cfg = make_cfg(R50, TINY_MODEL + switches + small + list(extra))
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -96,7 +97,5 @@ def test_instance_only_treats_every_class_as_a_thing():
 
 def test_instance_only_without_thing_metadata_needs_none():
     model = _model("instance", ("DATASETS.TRAIN ()",))
-    mask_cls, mask_pred = _predictions()
-    assert set(model.inference_single(mask_cls, mask_pred, (8, 8), 8, 8)["instances"].pred_classes.tolist()) == set(
-        range(6)
-    )
+    instances = model.inference_single(*_predictions(), (8, 8), 8, 8)["instances"]
+    assert set(instances.pred_classes.tolist()) == set(range(6))
