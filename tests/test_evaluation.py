@@ -216,12 +216,19 @@ def test_shared_id_panoptic_types_take_instance_ap_from_instance_seg_evaluator(t
     names = [type(e).__name__ for e in evaluators]
     assert names == ["COCOPanopticEvaluator", "InstanceSegEvaluator", "SemSegEvaluator"]
     # Instances of a stuff class (contiguous 0 = stripes here) cannot be scored as instances: a clear error.
-    evaluator = InstanceSegEvaluator(name, tasks=("segm",), output_dir=str(tmp_path / "ins"), use_fast_impl=False)
+    evaluator = InstanceSegEvaluator(name, output_dir=str(tmp_path / "ins"))  # as the original's train_net builds it
     instances = Instances((20, 20), pred_masks=torch.ones((1, 20, 20), dtype=torch.bool), scores=torch.ones(1))
     instances.pred_boxes = BitMasks(instances.pred_masks).get_bounding_boxes()
     instances.pred_classes = torch.tensor([0])
     with pytest.raises(ValueError, match="not thing classes"):
         evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    # The disc (contiguous id 1 here) predicted exactly.
+    evaluator.reset()
+    instances.pred_masks = torch.from_numpy(GT_DISC)[None]
+    instances.pred_boxes = BitMasks(instances.pred_masks).get_bounding_boxes()
+    instances.pred_classes = torch.tensor([1])
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    assert evaluator.evaluate()["segm"]["AP"] == pytest.approx(100.0)
 
 
 def test_unknown_evaluator_type_is_refused():

@@ -13,10 +13,13 @@ class InstanceSegEvaluator(COCOEvaluator):
     COCOEvaluator requires the thing ids to be exactly 0..T-1; here each predicted thing class is first replaced by
     its rank among the thing classes, and the evaluator sees the dataset's thing ids mapped to those ranks. The
     predictions reach the instance json with their dataset category ids, as in COCOEvaluator.
+
+    Arguments are COCOEvaluator's, except that ``use_fast_impl`` defaults to False: detectron2's fast COCOeval
+    needs its compiled ops, which this project does not build (detectron2 would fall back with a warning).
     """
 
-    def __init__(self, dataset_name, *args, **kwargs):
-        super().__init__(dataset_name, *args, **kwargs)
+    def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *, use_fast_impl=False, **kwargs):
+        super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=use_fast_impl, **kwargs)
         thing_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
         if not thing_map:
             raise ValueError(
