@@ -4,6 +4,7 @@ Train and evaluate Mask2Former with detectron2: the command line over ``mask2for
 
     python train_net.py --num-gpus 8 --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
     python train_net.py --eval-only --config-file <config> MODEL.WEIGHTS <checkpoint>
+    python train_net.py --eval-only --config-file <config> MODEL.WEIGHTS <checkpoint> TEST.AUG.ENABLED True  # + ms/flip
     python train_net.py --resume --config-file <config>                  # continue from OUTPUT_DIR/last_checkpoint
 
 Several machines: run the same command on each, with ``--num-machines N --machine-rank i`` and the same
@@ -34,6 +35,8 @@ def main(args):
         model = Trainer.build_model(cfg)
         Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
         return results

@@ -1,5 +1,7 @@
 """Mask2Former on detectron2: importing the package registers its components and datasets."""
 from . import data, modeling
 from .config import add_maskformer2_config, get_maskformer2_cfg
+from .evaluation import InstanceSegEvaluator
+from .test_time_augmentation import SemanticSegmentorWithTTA
 
-__all__ = ["add_maskformer2_config", "get_maskformer2_cfg"]
+__all__ = ["add_maskformer2_config", "get_maskformer2_cfg", "InstanceSegEvaluator", "SemanticSegmentorWithTTA"]

@@ -1,10 +1,13 @@
 """
-One-pass evaluation (PQ + AP + mIoU) through detectron2's evaluators on datasets in the toy panoptic layout:
-ground truth fed back as prediction scores 100 everywhere; a hand-built case with known partial overlaps gives
-the PQ, AP and mIoU worked out by hand below.
+One-pass evaluation (PQ + AP + mIoU) on datasets in the toy panoptic layout, registered as COCO panoptic (things
+first in the contiguous ids) and as ADE20K / Mapillary Vistas panoptic (things interleaved with the stuff in one id
+space, mask AP through InstanceSegEvaluator): ground truth fed back as prediction scores 100 everywhere; a
+hand-built case with known partial overlaps gives the PQ, AP and mIoU worked out by hand below.
 """
 import json
 import uuid
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,18 +18,65 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 
 from conftest import CONFIGS, make_cfg
+from mask2former.data.datasets.register_coco_panoptic_annos_semseg import load_panoptic_json
+from mask2former.data.datasets.register_toy_panoptic import CATEGORIES, THINGS, split_paths
+from mask2former.evaluation import InstanceSegEvaluator, build_evaluator
 from mask2former.toy import generate_toy_panoptic, register_toy_panoptic, write_split
-from mask2former.evaluation import build_evaluator
 
 CONFIG = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 NUM_CLASSES = 6  # toy: disc, triangle, cross (things 0-2); stripes, checker, speckle (stuff 3-5)
 DISC, TRIANGLE, CROSS, STRIPES, CHECKER = 1, 2, 4, 11, 12  # dataset ids
 
 
-def _register(root):
+# Dataset ids in the contiguous order of the ADE20K-style registration: stripes, disc, checker, triangle, speckle,
+# cross (things at contiguous ids 1, 3, 5).
+SHARED_ORDER = [11, 1, 12, 2, 13, 4]
+
+
+def _register(root, evaluator_type="coco_panoptic_seg"):
+    """The val split under ``root`` as a dataset of ``evaluator_type``, with semantic PNGs."""
     name = f"evaltest_{uuid.uuid4().hex[:8]}"
-    register_toy_panoptic(root=str(root), name=name)
-    return name + "_val_panoptic_with_sem_seg"
+    if evaluator_type == "coco_panoptic_seg":
+        register_toy_panoptic(root=str(root), name=name)
+        return name + "_val_panoptic_with_sem_seg"
+    contiguous = {dataset_id: i for i, dataset_id in enumerate(SHARED_ORDER)}
+    names = {c["id"]: c["name"] for c in CATEGORIES}
+    thing_ids = [dataset_id for dataset_id in SHARED_ORDER if dataset_id in {c["id"] for c in THINGS}]
+    meta = {
+        "thing_classes": [names[d] for d in thing_ids],
+        "stuff_classes": [names[d] for d in SHARED_ORDER],
+        "thing_dataset_id_to_contiguous_id": {d: contiguous[d] for d in thing_ids},
+        "stuff_dataset_id_to_contiguous_id": contiguous,
+    }
+    paths = split_paths(str(root), "val")
+    # The toy's semantic PNGs hold its own contiguous ids (CATEGORIES order): rewrite them in this order.
+    toy_to_shared = np.full(256, 255, dtype=np.uint8)
+    for toy_id, category in enumerate(CATEGORIES):
+        toy_to_shared[toy_id] = contiguous[category["id"]]
+    sem_seg_root = Path(root) / "semseg_shared_ids"
+    sem_seg_root.mkdir()
+    for png in Path(paths["sem_seg_root"]).glob("*.png"):
+        Image.fromarray(toy_to_shared[np.asarray(Image.open(png))]).save(sem_seg_root / png.name)
+    load = partial(
+        load_panoptic_json,
+        paths["panoptic_json"],
+        paths["image_root"],
+        paths["panoptic_root"],
+        meta,
+        sem_seg_root=str(sem_seg_root),
+    )
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        image_root=paths["image_root"],
+        panoptic_root=paths["panoptic_root"],
+        panoptic_json=paths["panoptic_json"],
+        json_file=paths["instances_json"],
+        evaluator_type=evaluator_type,
+        ignore_label=255,
+        label_divisor=1000,
+        **meta,
+    )
+    return name
 
 
 def _outputs(segments, height, width, meta):
@@ -76,9 +126,13 @@ def _evaluate(dataset_name, predictions, output_dir):
     return evaluator.evaluate()
 
 
-def test_ground_truth_as_prediction_scores_100(tmp_path):
+SHARED_ID_TYPES = ["ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg"]
+
+
+@pytest.mark.parametrize("evaluator_type", ["coco_panoptic_seg", "ade20k_panoptic_seg"])
+def test_ground_truth_as_prediction_scores_100(tmp_path, evaluator_type):
     generate_toy_panoptic(tmp_path / "toy", num_train=1, num_val=6, seed=3)
-    name = _register(tmp_path / "toy")
+    name = _register(tmp_path / "toy", evaluator_type)
     results = _evaluate(name, _ground_truth_segments, tmp_path / "eval")
 
     for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"):
@@ -116,10 +170,11 @@ HAND_PRED = [
 ]
 
 
-def test_hand_built_partial_overlaps(tmp_path):
+@pytest.mark.parametrize("evaluator_type", ["coco_panoptic_seg"] + SHARED_ID_TYPES)
+def test_hand_built_partial_overlaps(tmp_path, evaluator_type):
     root = tmp_path / "hand"
     write_split(str(root), "val", [(np.zeros((20, 20, 3), dtype=np.uint8), segments) for segments in HAND_GT])
-    name = _register(root)
+    name = _register(root, evaluator_type)
     results = _evaluate(name, lambda d, meta: HAND_PRED[d["image_id"] - 1], tmp_path / "eval")
 
     # Worked out by hand. IoUs of the matched segments:
@@ -153,9 +208,32 @@ def test_hand_built_partial_overlaps(tmp_path):
     assert results["sem_seg"]["pACC"] == pytest.approx(100 * (80 + 36 + 292 + 280) / 800)
 
 
+@pytest.mark.parametrize("evaluator_type", SHARED_ID_TYPES)
+def test_shared_id_panoptic_types_take_instance_ap_from_instance_seg_evaluator(tmp_path, evaluator_type):
+    write_split(str(tmp_path), "val", [(np.zeros((20, 20, 3), dtype=np.uint8), HAND_GT[0])])
+    name = _register(tmp_path, evaluator_type)
+    evaluators = build_evaluator(make_cfg(CONFIG), name, str(tmp_path / "eval"))._evaluators
+    names = [type(e).__name__ for e in evaluators]
+    assert names == ["COCOPanopticEvaluator", "InstanceSegEvaluator", "SemSegEvaluator"]
+    # Instances of a stuff class (contiguous 0 = stripes here) cannot be scored as instances: a clear error.
+    evaluator = InstanceSegEvaluator(name, output_dir=str(tmp_path / "ins"))  # as the original's train_net builds it
+    instances = Instances((20, 20), pred_masks=torch.ones((1, 20, 20), dtype=torch.bool), scores=torch.ones(1))
+    instances.pred_boxes = BitMasks(instances.pred_masks).get_bounding_boxes()
+    instances.pred_classes = torch.tensor([0])
+    with pytest.raises(ValueError, match="not thing classes"):
+        evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    # The disc (contiguous id 1 here) predicted exactly.
+    evaluator.reset()
+    instances.pred_masks = torch.from_numpy(GT_DISC)[None]
+    instances.pred_boxes = BitMasks(instances.pred_masks).get_bounding_boxes()
+    instances.pred_classes = torch.tensor([1])
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    assert evaluator.evaluate()["segm"]["AP"] == pytest.approx(100.0)
+
+
 def test_unknown_evaluator_type_is_refused():
     name = f"evaltest_{uuid.uuid4().hex[:8]}"
-    MetadataCatalog.get(name).set(evaluator_type="cityscapes_panoptic_seg")
+    MetadataCatalog.get(name).set(evaluator_type="lvis")
     with pytest.raises(NotImplementedError, match="evaluator_type"):
         build_evaluator(make_cfg(CONFIG), name)
 

@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import weakref
+from collections import OrderedDict
 
 import torch
 from detectron2.data import build_detection_train_loader
@@ -21,6 +22,7 @@ from torch import nn
 from ..checkpoint import SafeCheckpointer
 from ..data import build_train_mapper
 from ..evaluation import build_evaluator
+from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .hooks import NonFiniteLossCheck
 
 __all__ = ["Trainer", "optimizer_param_groups", "with_full_model_gradient_clipping"]
@@ -164,3 +166,20 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """
+        Semantic metrics of ``model`` with test-time augmentation (TEST.AUG) on every DATASETS.TEST, written under
+        ``OUTPUT_DIR/inference_TTA``; the result keys carry a ``_TTA`` suffix. Only the semantic evaluators run:
+        TTA averages semantic outputs.
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        semantic_cfg = cfg.clone()
+        semantic_cfg.defrost()
+        semantic_cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+        semantic_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(semantic_cfg, name, output_folder) for name in cfg.DATASETS.TEST]
+        results = cls.test(cfg, SemanticSegmentorWithTTA(cfg, model), evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())

@@ -25,6 +25,8 @@ SUMMARY_COLUMNS = (
     ("sem_seg", "fwIoU"),
     ("sem_seg", "mACC"),
     ("sem_seg", "pACC"),
+    ("sem_seg", "IoU"),  # Cityscapes' class IoU (cityscapesscripts)
+    ("sem_seg", "iIoU"),
 )
 
 
