@@ -7,6 +7,7 @@ by the reference: never silently wrong.
 
 ``MASK2FORMER_OP_SELF_CHECK=0`` (or ``set_enabled(False)``) turns the check off.
 """
+import math
 import os
 import platform
 import threading
@@ -23,8 +24,9 @@ ENV_SWITCH = "MASK2FORMER_OP_SELF_CHECK"
 # 160 (CUDA thread groups of 16 and 32, one or two passes over the channels) and 6 (no vector loads).
 CHANNELS = (32, 64, 160, 6)
 LEVELS = ((5, 7), (3, 4), (1, 2))
-# Largest error allowed, relative to the largest magnitude of the reference result (the kernels sum in fp32).
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+# Largest error allowed, relative to the largest magnitude of the reference result: about 6x what the CPU kernels
+# measure (fp64 5e-16, fp32 5e-7, fp16 4e-4, bf16 3.5e-3: the rounding of the results to the dtype; sums are fp32).
+TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 _enabled = None  # None: follow the environment variable
 _lock = threading.Lock()
@@ -82,17 +84,19 @@ def _outputs_and_grads(fn, value, shapes, starts, locations, weights, grad_outpu
     return [out, *grads]
 
 
-def first_error(module, device, dtype):
+def largest_error(module, device, dtype):
     """
-    Runs ``module``'s kernels on ``device`` in ``dtype`` on the check's problems; returns None if all results are
-    within ``TOLERANCE`` of the float64 reference, else what went wrong (a launch error or the largest error).
+    Runs ``module``'s kernels on ``device`` in ``dtype`` on the check's problems, forward and backward, against the
+    float64 reference on the same numbers. Returns (error, result, channels): the largest difference relative to the
+    largest magnitude of the reference result (NaN if any result has a NaN), which result it is in and the channels
+    per head of that problem. Raises what the kernels raise.
     """
-    tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
     acc_dtype = torch.promote_types(dtype, torch.float32)
     names = ("output", "grad value", "grad sampling_locations", "grad attention_weights")
     # The CUDA backward accumulates with atomics, which torch refuses in deterministic mode: check the forward only.
     strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     backward = not (device.type == "cuda" and strict)
+    worst = (0.0, "output", CHANNELS[0])
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for channels in CHANNELS:
             value, shapes, starts, locations, weights, grad_output = check_problem(channels)
@@ -100,24 +104,32 @@ def first_error(module, device, dtype):
             value, grad_output = value.to(dtype), grad_output.to(dtype)
             locations, weights = locations.to(acc_dtype), weights.to(acc_dtype)
             inputs = [t.to(device) for t in (value, shapes, starts, locations, weights, grad_output)]
-            try:
-                if backward:
-                    got = _outputs_and_grads(lambda *a: MSDeformAttnFunction.apply(module, *a), *inputs)
-                else:
-                    with torch.no_grad():
-                        got = [MSDeformAttnFunction.apply(module, *inputs[:5])]
-                got = [t.double().cpu() for t in got]
-            except Exception as e:  # noqa: BLE001 - a failed launch is a result of the check
-                return f"the kernels fail to run ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+            if backward:
+                got = _outputs_and_grads(lambda *a: MSDeformAttnFunction.apply(module, *a), *inputs)
+            else:
+                with torch.no_grad():
+                    got = [MSDeformAttnFunction.apply(module, *inputs[:5])]
+            got = [t.double().cpu() for t in got]
             exact = [value.double(), shapes, starts, locations.double(), weights.double(), grad_output.double()]
             want = _outputs_and_grads(ms_deform_attn_reference, *exact)
             for name, a, b in zip(names, got, want):
                 error = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
-                if not error <= tolerance:  # also catches NaN
-                    return (
-                        f"{name} is off by {error:.3g} of its magnitude (tolerance {tolerance:g}) with "
-                        f"{channels} channels per head"
-                    )
+                if not (error <= worst[0] or math.isnan(worst[0])):  # a NaN is the worst
+                    worst = (error, name, channels)
+    return worst
+
+
+def first_error(module, device, dtype):
+    """None if ``module``'s kernels pass the check on ``device`` in ``dtype``, else what went wrong."""
+    tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+    try:
+        error, name, channels = largest_error(module, device, dtype)
+    except Exception as e:  # noqa: BLE001 - a failed launch is a result of the check
+        return f"the kernels fail to run ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})"
+    if not error <= tolerance:  # also catches NaN
+        return (
+            f"{name} is off by {error:.3g} of its magnitude (tolerance {tolerance:g}) with {channels} channels per head"
+        )
     return None
 
 
