@@ -289,7 +289,8 @@ def test_cuda_kernels_are_compiled_for_every_listed_architecture():
     assert prebuilt.with_cuda, "nvcc is available but the extension was built without CUDA: rerun pip install -e ."
     listed = listed_architectures(os.environ.get("TORCH_CUDA_ARCH_LIST") or build.default_cuda_arch_list())
     built = {a // 10 for a in prebuilt.cuda_archs}
-    assert set(listed) <= built and 90 in built, f"built for {sorted(built)}, listed {sorted(listed)}: rerun pip install -e ."
+    message = f"built for {sorted(built)}, listed {sorted(listed)}: rerun pip install -e ."
+    assert set(listed) <= built and 90 in built, message
     cuobjdump = Path(build.find_cuda_home()) / "bin" / "cuobjdump"
     if cuobjdump.is_file():  # machine code for each architecture, PTX for those marked +PTX
         so = prebuilt.__file__

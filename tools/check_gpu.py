@@ -46,6 +46,8 @@ from mask2former.ops.ms_deform_attn import kernels_for, self_check  # noqa: E402
 
 SWIN_T = ROOT / "configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml"
 TOY = ROOT / "configs/toy/maskformer2_R50_narrow_toy.yaml"
+# Untimed and timed runs of the whole model, training iterations and toy training iterations.
+WARMUP, INFERENCE_ITERS, TRAIN_ITERS, TOY_ITERS = 3, 20, 10, 20
 SECTIONS = ("op correctness", "op speed", "swin-t training", "swin-t inference", "nccl", "train_net", "vs original")
 GPU_ONLY = SECTIONS[2:]
 
@@ -117,24 +119,24 @@ def swin_t(table, device, train):
     from detectron2.modeling import build_model
 
     bench = load_tool("benchmark")
-    common = ["--config-file", str(SWIN_T), "--device", device.type, "--skip-flops", "--warmup", "3"]
+    common = ["--config-file", str(SWIN_T), "--device", device.type, "--skip-flops", "--warmup", str(WARMUP)]
     clock, memory = bench.Clock(device), bench.Memory(device)
     if train:
-        args = bench.parse_args(common + ["--ims-per-batch", "2", "--train-iters", "10", "--opts", "SOLVER.AMP.ENABLED", "True"])
+        train_args = ["--ims-per-batch", "2", "--train-iters", str(TRAIN_ITERS), "--opts", "SOLVER.AMP.ENABLED", "True"]
+        args = bench.parse_args(common + train_args)
         cfg = bench.setup_cfg(args)
         torch.manual_seed(0)
         result = bench.measure_training(build_model(cfg), cfg, args, device, clock, memory)
         size = "x".join(map(str, result["image_size"]))
         table.add(
             "swin-t training",
-            f"LSJ {size}, batch {result['ims_per_batch']}, AMP fp16",
+            f"LSJ {size}, batch {result['ims_per_batch']}, {'AMP fp16' if result['amp'] else 'fp32'}",
             f"{1 / result['iter_s_median']:.2f} it/s, peak {result['peak_memory_mib']:.0f} MiB",
         )
         return
     for dtype in ("", "bfloat16"):
-        args = bench.parse_args(common + ["--iters", "20", "--skip-train", "--opts"] + (
-            ["MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE", dtype] if dtype else []
-        ))
+        autocast = ["MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE", dtype] if dtype else []
+        args = bench.parse_args(common + ["--iters", str(INFERENCE_ITERS), "--skip-train", "--opts", *autocast])
         cfg = bench.setup_cfg(args)
         torch.manual_seed(0)
         model = build_model(cfg)
@@ -146,7 +148,8 @@ def swin_t(table, device, train):
             f"{result['latency_ms_median']:.1f} ms median, peak {result['peak_memory_mib']:.0f} MiB",
         )
         del model
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def nccl(table):
@@ -162,32 +165,36 @@ def nccl(table):
         finally:
             dist.destroy_process_group()
     version = ".".join(map(str, torch.cuda.nccl.version()))
-    table.add("nccl", f"all_reduce, 1 process, NCCL {version}", "correct" if ok else "wrong sum", "ok" if ok else "FAIL")
+    item = f"all_reduce, 1 process, NCCL {version}"
+    table.add("nccl", item, "correct sum" if ok else "wrong sum", "ok" if ok else "FAIL")
 
 
-def train_net(table):
+def train_net(table, device):
     from mask2former.toy import generate_toy_panoptic
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_toy_panoptic(Path(tmp) / "toy_panoptic", num_train=64, num_val=16, seed=0)
-        env = dict(os.environ, DETECTRON2_DATASETS=tmp, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, DETECTRON2_DATASETS=tmp, PYTHONPATH=path)
         output = Path(tmp) / "output"
         command = [
             sys.executable, str(ROOT / "train_net.py"), "--num-gpus", "1", "--config-file", str(TOY),
-            "SOLVER.MAX_ITER", "20", "TEST.EVAL_PERIOD", "0", "MODEL.DEVICE", "cuda", "OUTPUT_DIR", str(output),
+            "SOLVER.MAX_ITER", str(TOY_ITERS), "TEST.EVAL_PERIOD", "0", "MODEL.DEVICE", device.type,
+            "OUTPUT_DIR", str(output),
         ]
         start = time.perf_counter()
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         seconds = time.perf_counter() - start
         if run.returncode != 0:
             tail = (run.stdout + run.stderr).strip().splitlines()[-3:]
-            table.add("train_net", "toy config, 20 iterations + evaluation", " / ".join(tail)[:300], "FAIL")
+            table.add("train_net", f"toy config, {TOY_ITERS} iterations + evaluation", " / ".join(tail)[:300], "FAIL")
             return
         results = output / "inference" / "results.json"
         metrics = json.loads(results.read_text()) if results.is_file() else {}
         pq = metrics.get("results", {}).get("panoptic_seg", {}).get("PQ")
         evaluated = f"PQ {pq:.1f}" if pq is not None else "evaluated (no PQ found)"
-        table.add("train_net", "--num-gpus 1, toy config, 20 iterations + evaluation", f"{evaluated}, {seconds:.0f} s")
+        item = f"--num-gpus 1, toy config, {TOY_ITERS} iterations + evaluation"
+        table.add("train_net", item, f"{evaluated}, {seconds:.0f} s")
 
 
 def vs_original(table, original):
@@ -247,7 +254,7 @@ def main(argv=None):
         "swin-t training": lambda: swin_t(table, device, train=True),
         "swin-t inference": lambda: swin_t(table, device, train=False),
         "nccl": lambda: nccl(table),
-        "train_net": lambda: train_net(table),
+        "train_net": lambda: train_net(table, device),
         "vs original": lambda: vs_original(table, args.original),
     }
     start = time.perf_counter()

@@ -4,8 +4,9 @@ JIT build on first use. It imports nothing from the package, so that ``setup.py`
 
 The CPU kernels are always compiled. The CUDA kernels are compiled when ``FORCE_CUDA=1``, or, unless
 ``FORCE_CUDA=0``, when torch is a CUDA build and a CUDA toolkit is found (``$CUDA_HOME``/``$CUDA_PATH``, else the
-``nvcc`` on ``PATH``, else ``/usr/local/cuda``), for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default ``default_cuda_arch_list()`` ahead of time: the
-installed torch's own, plus PTX of the newest; the visible GPUs' for the JIT build).
+``nvcc`` on ``PATH``, else ``/usr/local/cuda``), for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default ahead
+of time: ``default_cuda_arch_list()``, the installed torch's own plus PTX of the newest; for the JIT build: the
+visible GPUs').
 """
 import os
 import re
