@@ -177,23 +177,26 @@ def _replace(module, device, dtype, error):
         if rebuilt is not None
         else f"the slow pure-PyTorch reference ({outcome})"
     )
+    if device.type == "cuda":
+        built = f"{_built_for(module)} (torch for {', '.join(torch.cuda.get_arch_list())})"
+        fix = "TORCH_CUDA_ARCH_LIST={}.{} pip install -e .".format(*torch.cuda.get_device_capability(device))
+    else:
+        built, fix = _built_for(module), "pip install -e ."
     warnings.warn(
         f"mask2former ms_deform_attn: the compiled kernels fail their self-check on {device} = "
-        f"{device_description(device)} in {str(dtype).replace('torch.', '')}: {error}. {_built_for(module)} "
-        f"(torch: {', '.join(torch.cuda.get_arch_list()) or 'CPU only'}). Using {action} on {device} from now on. "
-        "To fix: reinstall with `TORCH_CUDA_ARCH_LIST=<major.minor of this GPU> pip install -e .`; "
-        f"{ENV_SWITCH}=0 turns the check off.",
+        f"{device_description(device)} in {str(dtype).replace('torch.', '')}: {error}. {built}. Using {action} "
+        f"on {device} from now on. To fix: reinstall with `{fix}`; {ENV_SWITCH}=0 turns the check off.",
         RuntimeWarning,
         stacklevel=4,
     )
     return rebuilt
 
 
-def _may_run_now():
+def _may_run_now(device):
     """No check while tracing, scripting, compiling or capturing a CUDA graph: it would become part of the graph."""
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
 
 def checked(module, device, dtype):
@@ -204,7 +207,7 @@ def checked(module, device, dtype):
     if module is None or not enabled():
         return module
     current = _replacement.get((device, module), module)
-    if current is None or (device, current, dtype) in _passed or not _may_run_now():
+    if current is None or (device, current, dtype) in _passed or not _may_run_now(device):
         return current
     with _lock:
         current = _replacement.get((device, module), module)
