@@ -5,6 +5,10 @@ gradcheck in double; reduced precision and autocast; dispatch, fallback and buil
 Every numeric test runs on the CPU kernel and, on a machine with a GPU, on the CUDA kernels.
 """
 import importlib
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,10 +261,41 @@ def test_bad_inputs_name_the_problem(change, error):
         ms_deform_attn(**inputs)
 
 
+def test_default_cuda_architectures_follow_torch_within_what_nvcc_supports(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90a", "sm_120", "compute_120"])
+    monkeypatch.setattr(build, "find_cuda_home", lambda: "/toolkit")
+    monkeypatch.setattr(build, "_nvcc_architectures", lambda home: {"80", "90a", "100", "120"})
+    assert build.default_cuda_arch_list() == "8.0;9.0a;12.0+PTX"
+    monkeypatch.setattr(build, "_nvcc_architectures", lambda home: None)  # nvcc cannot say: torch's list
+    assert build.default_cuda_arch_list() == "7.5;8.0;9.0a;12.0+PTX"
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: [])  # a CPU-only torch
+    assert build.default_cuda_arch_list() == build.FALLBACK_CUDA_ARCH_LIST
+
+
+def listed_architectures(arch_list):
+    """``TORCH_CUDA_ARCH_LIST`` as {number: with PTX}, e.g. "8.0;9.0+PTX" -> {80: False, 90: True}."""
+    listed = {}
+    for entry in filter(None, arch_list.replace(" ", ";").split(";")):
+        listed[int(re.sub(r"[^0-9]", "", entry.split("+")[0]))] = entry.endswith("+PTX")
+    return listed
+
+
 @pytest.mark.skipif(not build.wants_cuda(), reason="no CUDA toolkit (nvcc) here, so no CUDA build to check")
-def test_cuda_kernels_are_compiled_for_sm90():
-    # Where nvcc exists, `pip install -e .` (tools/setup_env.sh, hence CI) compiles the CUDA sources and fails on a
-    # compile error; this checks that it did so, and for Hopper.
+def test_cuda_kernels_are_compiled_for_every_listed_architecture():
+    # Where nvcc exists, `pip install -e .` (tools/setup_env.sh, hence CI) compiles the CUDA sources for
+    # TORCH_CUDA_ARCH_LIST, by default the installed torch's architectures, and fails on a compile error; this
+    # checks that it did so, for each of them and for Hopper.
     prebuilt = importlib.import_module("mask2former.ops.ms_deform_attn._C")
     assert prebuilt.with_cuda, "nvcc is available but the extension was built without CUDA: rerun pip install -e ."
-    assert 900 in prebuilt.cuda_archs, f"built for {prebuilt.cuda_archs}: TORCH_CUDA_ARCH_LIST must include 9.0"
+    listed = listed_architectures(os.environ.get("TORCH_CUDA_ARCH_LIST") or build.default_cuda_arch_list())
+    built = {a // 10 for a in prebuilt.cuda_archs}
+    message = f"built for {sorted(built)}, listed {sorted(listed)}: rerun pip install -e ."
+    assert set(listed) <= built and 90 in built, message
+    cuobjdump = Path(build.find_cuda_home()) / "bin" / "cuobjdump"
+    if cuobjdump.is_file():  # machine code for each architecture, PTX for those marked +PTX
+        so = prebuilt.__file__
+        elf = subprocess.run([cuobjdump, "--list-elf", so], capture_output=True, text=True, check=True).stdout
+        ptx = subprocess.run([cuobjdump, "--list-ptx", so], capture_output=True, text=True, check=True).stdout
+        for number, with_ptx in listed.items():
+            assert f"sm_{number}" in elf
+            assert (f"sm_{number}" in ptx) == with_ptx

@@ -3,17 +3,26 @@ Multi-scale deformable attention (Deformable DETR), the sampling step of ``MSDef
 
 ``ms_deform_attn`` is the one entry point: it runs the compiled CPU or CUDA kernels for the tensors' device and
 falls back, with one warning, to ``ms_deform_attn_reference`` (pure PyTorch, ``grid_sample``) when no kernels can
-be built. Importing this package never compiles anything and never fails because of the kernels.
+be built. The kernels check themselves against the reference the first time they run on each device and dtype
+(``self_check``). Importing this package never compiles anything and never fails because of the kernels.
 """
 import contextlib
 
 import torch
 
+from . import self_check
 from .function import MSDeformAttnFunction
 from .kernels import kernels_for
 from .reference import ms_deform_attn_reference
 
-__all__ = ["MSDeformAttnFunction", "kernels_for", "ms_deform_attn", "ms_deform_attn_reference", "reference_only"]
+__all__ = [
+    "MSDeformAttnFunction",
+    "kernels_for",
+    "ms_deform_attn",
+    "ms_deform_attn_reference",
+    "reference_only",
+    "self_check",
+]
 
 _reference_only = False
 
@@ -94,11 +103,11 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     device_type = value.device.type
-    kernels = None if _reference_only else kernels_for(device_type)
+    autocast = torch.is_autocast_enabled(device_type) and value.dtype == torch.float32
+    dtype = torch.get_autocast_dtype(device_type) if autocast else value.dtype
+    kernels = None if _reference_only else self_check.checked(kernels_for(device_type), value.device, dtype)
     if kernels is None:
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if torch.is_autocast_enabled(device_type) and value.dtype == torch.float32:
-        value = value.to(torch.get_autocast_dtype(device_type))
     return MSDeformAttnFunction.apply(
-        kernels, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        kernels, value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

@@ -4,8 +4,9 @@ JIT build on first use. It imports nothing from the package, so that ``setup.py`
 
 The CPU kernels are always compiled. The CUDA kernels are compiled when ``FORCE_CUDA=1``, or, unless
 ``FORCE_CUDA=0``, when torch is a CUDA build and a CUDA toolkit is found (``$CUDA_HOME``/``$CUDA_PATH``, else the
-``nvcc`` on ``PATH``, else ``/usr/local/cuda``), for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default
-``DEFAULT_CUDA_ARCH_LIST`` ahead of time, the visible GPUs' for the JIT build).
+``nvcc`` on ``PATH``, else ``/usr/local/cuda``), for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default ahead
+of time: ``default_cuda_arch_list()``, the installed torch's own plus PTX of the newest; for the JIT build: the
+visible GPUs').
 """
 import os
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 CSRC = Path(__file__).resolve().parent / "csrc"
 EXTENSION_NAME = "mask2former.ops.ms_deform_attn._C"
 JIT_NAME = "mask2former_ms_deform_attn"
-DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+# Used when the installed torch does not say which architectures it was built for.
+FALLBACK_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 # ATen's parallel_for is an OpenMP loop compiled into the extension: without -fopenmp it would run serially.
 # Reassociating float sums (no fast-math beyond that: NaN/inf semantics and rounding of each operation are kept)
 # lets the compiler vectorize the CPU kernels' channel dot products, which halves the CPU backward's time.
@@ -58,6 +60,38 @@ def find_cuda_home():
         if root is not None and (root / "bin" / "nvcc").is_file() and (root / "include" / "cuda_runtime.h").is_file():
             return str(root)
     return None
+
+
+def _nvcc_architectures(home):
+    """The real architectures (e.g. ``{"75", "90"}``) the toolkit's nvcc compiles for, or None if it cannot say."""
+    try:
+        run = subprocess.run(
+            [str(Path(home) / "bin" / "nvcc"), "--list-gpu-code"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = set(re.findall(r"^sm_(\d+[a-z]?)$", run.stdout, re.MULTILINE))
+    return found if run.returncode == 0 and found else None
+
+
+def default_cuda_arch_list():
+    """
+    ``TORCH_CUDA_ARCH_LIST`` for the ahead-of-time build: the architectures the installed torch was built for
+    (``torch.cuda.get_arch_list()``, e.g. Turing to Blackwell for CUDA 13) that the toolkit's nvcc supports, plus
+    PTX of the newest, so that GPUs newer than all of them still run (JIT-compiled by the driver).
+    """
+    import torch
+
+    archs = [a[len("sm_"):] for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    home = find_cuda_home()
+    supported = _nvcc_architectures(home) if home else None
+    if supported is not None:
+        archs = [a for a in archs if a in supported]
+    if not archs:
+        return FALLBACK_CUDA_ARCH_LIST
+    # "sm_90a" -> "9.0a", "sm_120" -> "12.0": the last digit (and suffix) is the minor version
+    versions = [f"{a.rstrip('abf')[:-1]}.{a[len(a.rstrip('abf')) - 1:]}" for a in archs]
+    return ";".join(versions) + "+PTX"
 
 
 def wants_cuda():
@@ -108,7 +142,7 @@ def setup_extension(root):
     sources = [os.path.relpath(p, root) for p in _sources(with_cuda)]
     if with_cuda:
         _point_torch_at_cuda_home()
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_cuda_arch_list())
         extension = CUDAExtension(
             EXTENSION_NAME,
             sources,
@@ -123,18 +157,28 @@ def setup_extension(root):
     return [extension], {"build_ext": BuildExtension}
 
 
-def jit_build(with_cuda):
-    """Compiles and imports the extension (cached by torch in ``$TORCH_EXTENSIONS_DIR``, default ~/.cache)."""
+def jit_build(with_cuda, arch=None):
+    """
+    Compiles and imports the extension (cached by torch in ``$TORCH_EXTENSIONS_DIR``, default ~/.cache). ``arch``
+    (e.g. "9.0") builds the CUDA kernels for that architecture only, under a name of its own; by default they are
+    built for ``TORCH_CUDA_ARCH_LIST``, else the visible GPUs.
+    """
     from torch.utils import cpp_extension
 
     if with_cuda:
         _point_torch_at_cuda_home()
     defines = ["-DWITH_CUDA"] if with_cuda else []
+    name = f"{JIT_NAME}_{'cuda' if with_cuda else 'cpu'}"
+    flags = list(NVCC_FLAGS)
+    if arch is not None:
+        number = arch.replace(".", "")
+        name += f"_sm{number}"
+        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
     return cpp_extension.load(
-        name=f"{JIT_NAME}_{'cuda' if with_cuda else 'cpu'}",
+        name=name,
         sources=_sources(with_cuda),
         extra_cflags=CXX_FLAGS + defines,
-        extra_cuda_cflags=NVCC_FLAGS + defines,
+        extra_cuda_cflags=flags + defines,
         extra_ldflags=LINK_FLAGS,
         with_cuda=with_cuda,
     )
