@@ -4,27 +4,15 @@ import yaml
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from conftest import CONFIGS, FIXTURES, make_cfg
+from conftest import CONFIGS, FIXTURES, ZOO_CONFIGS, make_cfg
 from mask2former import add_maskformer2_config
-
-ZOO = {
-    "maskformer2_R50_bs16_50ep": "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml",
-    "maskformer2_swin_tiny_bs16_50ep": "coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml",
-    "maskformer2_swin_small_bs16_50ep": "coco/panoptic-segmentation/swin/maskformer2_swin_small_bs16_50ep.yaml",
-    "maskformer2_swin_base_384_bs16_50ep": "coco/panoptic-segmentation/swin/maskformer2_swin_base_384_bs16_50ep.yaml",
-    "maskformer2_swin_base_IN21k_384_bs16_50ep": (
-        "coco/panoptic-segmentation/swin/maskformer2_swin_base_IN21k_384_bs16_50ep.yaml"
-    ),
-    "maskformer2_swin_large_IN21k_384_bs16_100ep": (
-        "coco/panoptic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_100ep.yaml"
-    ),
-}
 
 # Keys we add on top of the original's, each with a default that keeps the original's behaviour.
 ADDED_KEYS = {
     "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE": "",  # the fast inference path (off)
     "MODEL.WEIGHTS_MD5_CHECK": True,  # checkpoint integrity (on)
 }
+R50 = "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 
 
 def _flatten(tree, prefix=""):
@@ -37,10 +25,23 @@ def _flatten(tree, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("stem", sorted(ZOO))
-def test_merged_config_equals_zoo(stem):
-    ours = _flatten(yaml.safe_load(make_cfg(CONFIGS / ZOO[stem]).dump()))
-    expected = _flatten(yaml.safe_load((FIXTURES / "zoo_configs" / f"{stem}.yaml").read_text()))
+def test_every_zoo_config_has_its_fixture_and_back():
+    """The 47 zoo configs of the original are all here, and every config of ours outside Base files has one."""
+    assert len(ZOO_CONFIGS) >= 47, f"fixtures not found under {FIXTURES}/original_configs"
+    ours = sorted(
+        str(p.relative_to(CONFIGS))
+        for p in CONFIGS.rglob("*.yaml")
+        if not p.name.startswith("Base-") and p.relative_to(CONFIGS).parts[0] != "toy"
+    )
+    assert ours == ZOO_CONFIGS
+
+
+@pytest.mark.parametrize("config", ZOO_CONFIGS)
+def test_merged_config_equals_original(config):
+    text = (CONFIGS / config).read_text()
+    assert "!!" not in text, "our configs state every value plainly, without YAML tags"
+    ours = _flatten(yaml.safe_load(make_cfg(CONFIGS / config).dump()))
+    expected = _flatten(yaml.safe_load((FIXTURES / "original_configs" / config).read_text()))
     assert {k: ours[k] for k in ADDED_KEYS if k in ours} == ADDED_KEYS, "an added key is missing or not its default"
     ours = {k: v for k, v in ours.items() if k not in ADDED_KEYS}
     assert sorted(ours) == sorted(expected), "key sets differ"
@@ -50,7 +51,7 @@ def test_merged_config_equals_zoo(stem):
 
 def test_unknown_key_in_user_yaml_is_an_error(tmp_path):
     user = tmp_path / "user.yaml"
-    user.write_text(f"_BASE_: {CONFIGS / ZOO['maskformer2_R50_bs16_50ep']}\nMODEL:\n  MASK_FORMER:\n    NUM_QUERIES: 50\n")
+    user.write_text(f"_BASE_: {CONFIGS / R50}\nMODEL:\n  MASK_FORMER:\n    NUM_QUERIES: 50\n")
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
