@@ -1,19 +1,29 @@
 """Config keys of Mask2Former, added on top of detectron2's defaults and DeepLab's."""
+import contextlib
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
+from . import safe_yaml
 
-def get_maskformer2_cfg(config_file, opts=()):
+# Every config file loaded once mask2former is imported, by us or by scripts written for the original
+# (cfg.merge_from_file), goes through the loader that never runs code from the file.
+safe_yaml.install()
+
+
+def get_maskformer2_cfg(config_file, opts=(), trust_config=False):
     """
     The config of a Mask2Former YAML as every entry point builds it: detectron2's defaults, DeepLab's and
     Mask2Former's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` (``[KEY, VALUE, ...]``).
-    Not frozen.
+    Not frozen. Python tags in the files other than arithmetic ``eval`` are refused unless ``trust_config``
+    (then they run, as in detectron2).
     """
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
-    cfg.merge_from_file(str(config_file))
+    with safe_yaml.trusted_config() if trust_config else contextlib.nullcontext():
+        cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
     return cfg
 
