@@ -61,7 +61,6 @@ def add_maskformer2_config(cfg):
     mf.NHEADS = 8
     mf.DROPOUT = 0.1
     mf.DIM_FEEDFORWARD = 2048
-    mf.ENC_LAYERS = 0
     mf.DEC_LAYERS = 6
     mf.PRE_NORM = False
     mf.HIDDEN_DIM = 256
@@ -96,7 +95,6 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
     # Swin backbone
     cfg.MODEL.SWIN = CN()
@@ -117,3 +115,8 @@ def add_maskformer2_config(cfg):
     sw.PATCH_NORM = True
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
+
+    # Kept only for compatibility: the original defines these keys and its YAMLs set them, but nothing reads
+    # them (Mask2Former's decoder has no transformer encoder; the deformable encoder uses MASK_FORMER.NHEADS).
+    mf.ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8

@@ -1,10 +1,12 @@
 """Our zoo YAMLs, merged over the defaults, equal the original's fully merged configs on every key."""
+import re
+
 import pytest
 import yaml
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
-from conftest import CONFIGS, FIXTURES, ZOO_CONFIGS, make_cfg
+from conftest import CONFIGS, FIXTURES, ROOT, ZOO_CONFIGS, make_cfg
 from mask2former import add_maskformer2_config
 
 # Keys we add on top of the original's, each with a default that keeps the original's behaviour.
@@ -57,3 +59,41 @@ def test_unknown_key_in_user_yaml_is_an_error(tmp_path):
     add_maskformer2_config(cfg)
     with pytest.raises(KeyError, match="NUM_QUERIES"):
         cfg.merge_from_file(str(user))
+
+
+# ``name = cfg.A.B`` (or ``= other_alias.C``), and reads ``name.X.Y``, in a Python source.
+_ALIAS = re.compile(r"^\s*([a-z_]\w*) = ([A-Za-z_]\w*)((?:\.[A-Z][A-Z0-9_]*)+)\s*$", re.M)
+_READ = re.compile(r"\b([A-Za-z_]\w*)((?:\.[A-Z][A-Z0-9_]*)+)")
+COMPATIBILITY_COMMENT = "# Kept only for compatibility"
+
+
+def _config_paths(text, alias_source=""):
+    """The full config keys ``text`` names through ``cfg`` or an alias of one of its nodes (defined in either)."""
+    aliases, paths = {"cfg": ""}, set()
+    for name, base, path in _ALIAS.findall(alias_source + "\n" + text):
+        if base in aliases:
+            aliases[name] = aliases[base] + path
+    for base, path in _READ.findall(text):
+        if base in aliases:
+            paths.add((aliases[base] + path).lstrip("."))
+    return paths
+
+
+def test_every_key_we_add_is_read_except_the_compatibility_group():
+    """add_maskformer2_config's keys are read by the package or its scripts, but for one commented group."""
+    plain = get_cfg()
+    add_deeplab_config(plain)
+    full = plain.clone()
+    add_maskformer2_config(full)
+    added = set(_flatten(yaml.safe_load(full.dump()))) - set(_flatten(yaml.safe_load(plain.dump())))
+
+    config_source = (ROOT / "mask2former/config.py").read_text()
+    head, _, group = config_source.partition(COMPATIBILITY_COMMENT)
+    compatibility = _config_paths(group, alias_source=head)
+    assert compatibility, f"mask2former/config.py has no group under {COMPATIBILITY_COMMENT!r}"
+
+    sources = [p for p in (ROOT / "mask2former").rglob("*.py") if p.name != "config.py"]
+    sources += [ROOT / "train_net.py", *(ROOT / "tools").glob("*.py")]
+    read = set().union(*(_config_paths(p.read_text()) for p in sources))
+    assert sorted(added - read - compatibility) == [], "keys nothing reads: move them to the compatibility group"
+    assert sorted(compatibility & read) == [], "keys of the compatibility group that code reads: move them out"
