@@ -31,6 +31,8 @@ EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
 # Bounds that keep a hostile expression from exhausting memory or time.
 MAX_RANGE = 100_000
 MAX_EXPONENT = 64
+MAX_INT_BITS = 4096
+MAX_STEPS = 1_000_000
 
 _TRUSTED = contextvars.ContextVar("mask2former_trusted_config", default=False)
 logger = logging.getLogger(__name__)
@@ -81,47 +83,59 @@ def _number(value):
     return value
 
 
-def _evaluate(node, names):
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body, names)
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return node.value
-    if isinstance(node, ast.List):
-        return [_evaluate(e, names) for e in node.elts]
-    if isinstance(node, ast.Tuple):
-        return tuple(_evaluate(e, names) for e in node.elts)
-    if isinstance(node, ast.Name):
-        if node.id not in names:
-            raise ValueError(f"unknown name {node.id!r}")
-        return names[node.id]
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _number(_evaluate(node.left, names)), _number(_evaluate(node.right, names))
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
-            raise ValueError(f"exponent {right} (at most {MAX_EXPONENT})")
-        return _BINARY[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_number(_evaluate(node.operand, names)))
-    if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords:
-            raise ValueError(f"call of {ast.unparse(node.func)!r}; only {', '.join(sorted(_FUNCTIONS))} are allowed")
-        return _FUNCTIONS[node.func.id](*(_evaluate(a, names) for a in node.args))
-    if isinstance(node, ast.ListComp):
-        return list(_comprehend(node.elt, node.generators, names))
-    raise ValueError(f"{type(node).__name__} ({ast.unparse(node)!r}) is not plain arithmetic")
+class _Evaluator:
+    """Walks an expression's syntax tree, counting steps so that no expression runs for long."""
 
+    def __init__(self):
+        self.steps = 0
 
-def _comprehend(element, generators, names):
-    if not generators:
-        yield _evaluate(element, names)
-        return
-    first, rest = generators[0], generators[1:]
-    if not isinstance(first.target, ast.Name) or first.ifs or first.is_async:
-        raise ValueError("only 'for <name> in <values>' comprehensions are allowed")
-    values = _evaluate(first.iter, names)
-    if not isinstance(values, (list, tuple, range)):
-        raise ValueError("a comprehension iterates over a list, tuple or range")
-    for value in values:
-        yield from _comprehend(element, rest, {**names, first.target.id: value})
+    def evaluate(self, node, names):
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"more than {MAX_STEPS} evaluation steps")
+        if isinstance(node, ast.Expression):
+            return self.evaluate(node.body, names)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.List):
+            return [self.evaluate(e, names) for e in node.elts]
+        if isinstance(node, ast.Tuple):
+            return tuple(self.evaluate(e, names) for e in node.elts)
+        if isinstance(node, ast.Name):
+            if node.id not in names:
+                raise ValueError(f"unknown name {node.id!r}")
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = _number(self.evaluate(node.left, names)), _number(self.evaluate(node.right, names))
+            if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+                raise ValueError(f"exponent {right} (at most {MAX_EXPONENT})")
+            result = _BINARY[type(node.op)](left, right)
+            if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+                raise ValueError(f"an integer of more than {MAX_INT_BITS} bits")
+            return result
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return _UNARY[type(node.op)](_number(self.evaluate(node.operand, names)))
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords:
+                allowed = ", ".join(sorted(_FUNCTIONS))
+                raise ValueError(f"call of {ast.unparse(node.func)!r}; only {allowed} are allowed")
+            return _FUNCTIONS[node.func.id](*(self.evaluate(a, names) for a in node.args))
+        if isinstance(node, ast.ListComp):
+            return list(self.comprehend(node.elt, node.generators, names))
+        raise ValueError(f"{type(node).__name__} ({ast.unparse(node)!r}) is not plain arithmetic")
+
+    def comprehend(self, element, generators, names):
+        if not generators:
+            yield self.evaluate(element, names)
+            return
+        first, rest = generators[0], generators[1:]
+        if not isinstance(first.target, ast.Name) or first.ifs or first.is_async:
+            raise ValueError("only 'for <name> in <values>' comprehensions are allowed")
+        values = self.evaluate(first.iter, names)
+        if not isinstance(values, (list, tuple, range)):
+            raise ValueError("a comprehension iterates over a list, tuple or range")
+        for value in values:
+            yield from self.comprehend(element, rest, {**names, first.target.id: value})
 
 
 def evaluate_expression(text):
@@ -133,8 +147,8 @@ def evaluate_expression(text):
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise ValueError(f"not a Python expression: {e.msg}") from None
-    # Names the expression binds itself (comprehension variables) are looked up in ``names``; builtins are not.
-    return _evaluate(tree, {})
+    # The only names are those the expression binds itself (comprehension variables); no builtins.
+    return _Evaluator().evaluate(tree, {})
 
 
 class _SafeConfigLoader(yaml.SafeLoader):

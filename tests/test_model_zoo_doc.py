@@ -40,6 +40,11 @@ def _tables(text):
     return tables
 
 
+def _link(cell):
+    """The target of a ``[text](target)`` table cell."""
+    return re.fullmatch(r"\[\w+\]\((\S+)\)", cell).group(1)
+
+
 @pytest.fixture(scope="module")
 def published():
     return json.loads((FIXTURES / "original_zoo_rows.json").read_text())
@@ -54,13 +59,13 @@ def test_one_table_per_dataset_and_task_with_every_row(published, tables):
     expected = {}
     for row in published:
         expected.setdefault((row["dataset"], row["task"]), []).append(CONFIG_FIXES.get(row["config"], row["config"]))
-    ours = {key: [re.fullmatch(r"\[\w+\]\((\S+)\)", r["config"]).group(1) for r in rows] for key, rows in tables.items()}
+    ours = {key: [_link(r["config"]) for r in rows] for key, rows in tables.items()}
     assert ours == expected
     assert sorted(c for rows in expected.values() for c in rows) == sorted(f"configs/{c}" for c in ZOO_CONFIGS)
 
 
 def test_every_row_matches_the_published_one(published, tables):
-    ours = {re.fullmatch(r"\[\w+\]\((\S+)\)", r["config"]).group(1): r for rows in tables.values() for r in rows}
+    ours = {_link(r["config"]): r for rows in tables.values() for r in rows}
     for row in published:
         config = CONFIG_FIXES.get(row["config"], row["config"])
         table_row = ours[config]

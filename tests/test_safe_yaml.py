@@ -158,7 +158,9 @@ TEST:
     MAX_SIZE: 4480
     FLIP: True
 """
-_AUG = "  EVAL_PERIOD: 5000\n  AUG:\n    ENABLED: False\n    MIN_SIZES: {sizes}\n    MAX_SIZE: {max_size}\n    FLIP: True"
+_AUG = (
+    "  EVAL_PERIOD: 5000\n  AUG:\n    ENABLED: False\n    MIN_SIZES: {sizes}\n    MAX_SIZE: {max_size}\n    FLIP: True"
+)
 ORIGINAL_FOLDERS = {
     "ade20k/semantic-segmentation": (
         "Base-ADE20K-SemanticSegmentation.yaml",
@@ -215,7 +217,10 @@ def test_original_files_with_eval_tags_load_to_our_values(original_tree, config)
     assert theirs["INPUT.MIN_SIZE_TRAIN"] == expected["INPUT.MIN_SIZE_TRAIN"]
 
 
-def _harmful(tmp_path, tag_line, name="user.yaml", base=CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"):
+R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
+
+
+def _harmful(tmp_path, tag_line, name="user.yaml", base=R50):
     """A user config over ``base`` whose line 3 is ``tag_line`` (which would create ``tmp_path/pwned``)."""
     path = tmp_path / name
     path.write_text(f"_BASE_: {base}\nSOLVER:\n  {tag_line}\n")
@@ -259,6 +264,8 @@ def test_scripts_written_for_the_original_are_protected(tmp_path):
         "[x.__class__ for x in range(2)]",
         "list(range(10 ** 9))",
         "2 ** 10 ** 10",
+        "((10 ** 60) ** 60) ** 60",
+        "[x for x in range(10 ** 5) for y in range(10 ** 5)]",
         "'a' * 3",
     ],
 )
