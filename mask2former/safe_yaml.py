@@ -73,8 +73,10 @@ def _range(*args):
     return values
 
 
-_FUNCTIONS = {"range": _range, "int": int, "float": float, "round": round, "abs": abs, "min": min, "max": max,
-              "list": list, "tuple": tuple, "len": len}
+_FUNCTIONS = {
+    "range": _range, "int": int, "float": float, "round": round, "abs": abs, "min": min, "max": max, "list": list,
+    "tuple": tuple, "len": len,
+}
 
 
 def _number(value):
@@ -141,7 +143,8 @@ class _Evaluator:
 def evaluate_expression(text):
     """
     The value of ``text``, a Python expression of numbers, lists, tuples, arithmetic, list comprehensions and
-    the functions range/int/float/round/abs/min/max/list/tuple/len. Anything else raises ``ValueError``.
+    the functions range/int/float/round/abs/min/max/list/tuple/len. Anything else raises ``ValueError``;
+    errors of the arithmetic itself (``1 / 0``) are raised as Python raises them.
     """
     try:
         tree = ast.parse(text, mode="eval")
