@@ -96,6 +96,11 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
 
+    # Kept only for compatibility: the original defines these keys and its YAMLs set them, but nothing reads
+    # them (Mask2Former's decoder has no transformer encoder; the deformable encoder uses MASK_FORMER.NHEADS).
+    mf.ENC_LAYERS = 0
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+
     # Swin backbone
     cfg.MODEL.SWIN = CN()
     sw = cfg.MODEL.SWIN
@@ -115,8 +120,3 @@ def add_maskformer2_config(cfg):
     sw.PATCH_NORM = True
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
-
-    # Kept only for compatibility: the original defines these keys and its YAMLs set them, but nothing reads
-    # them (Mask2Former's decoder has no transformer encoder; the deformable encoder uses MASK_FORMER.NHEADS).
-    mf.ENC_LAYERS = 0
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
