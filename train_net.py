@@ -11,7 +11,8 @@ Several machines: run the same command on each, with ``--num-machines N --machin
 ``--dist-url tcp://<host of rank 0>:<port>``. Without a GPU (MODEL.DEVICE cpu), each of the ``--num-gpus``
 processes per machine trains on the CPU and they communicate over gloo.
 """
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser as detectron2_argument_parser
+from detectron2.engine import default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -20,9 +21,20 @@ from mask2former import get_maskformer2_cfg
 from mask2former.engine import Trainer
 
 
+def default_argument_parser():
+    """detectron2's command line, plus ``--trust-config``."""
+    parser = detectron2_argument_parser()
+    parser.add_argument(
+        "--trust-config",
+        action="store_true",
+        help="let Python tags in the config files run code (by default only arithmetic 'eval' tags load)",
+    )
+    return parser
+
+
 def setup(args):
     """The config of the command line: detectron2's and DeepLab's defaults, Mask2Former's keys, file, overrides."""
-    cfg = get_maskformer2_cfg(args.config_file, args.opts)
+    cfg = get_maskformer2_cfg(args.config_file, args.opts, trust_config=args.trust_config)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")

@@ -1,19 +1,29 @@
 """Config keys of Mask2Former, added on top of detectron2's defaults and DeepLab's."""
+import contextlib
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.projects.deeplab import add_deeplab_config
 
+from . import safe_yaml
 
-def get_maskformer2_cfg(config_file, opts=()):
+# Every config file loaded once mask2former is imported, by us or by scripts written for the original
+# (cfg.merge_from_file), goes through the loader that never runs code from the file.
+safe_yaml.install()
+
+
+def get_maskformer2_cfg(config_file, opts=(), trust_config=False):
     """
     The config of a Mask2Former YAML as every entry point builds it: detectron2's defaults, DeepLab's and
     Mask2Former's keys, then ``config_file`` (with its ``_BASE_`` chain), then ``opts`` (``[KEY, VALUE, ...]``).
-    Not frozen.
+    Not frozen. Python tags in the files other than arithmetic ``eval`` are refused unless ``trust_config``
+    (then they run, as in detectron2).
     """
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
-    cfg.merge_from_file(str(config_file))
+    with safe_yaml.trusted_config() if trust_config else contextlib.nullcontext():
+        cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
     return cfg
 
@@ -51,7 +61,6 @@ def add_maskformer2_config(cfg):
     mf.NHEADS = 8
     mf.DROPOUT = 0.1
     mf.DIM_FEEDFORWARD = 2048
-    mf.ENC_LAYERS = 0
     mf.DEC_LAYERS = 6
     mf.PRE_NORM = False
     mf.HIDDEN_DIM = 256
@@ -86,6 +95,10 @@ def add_maskformer2_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+
+    # Kept only for compatibility: the original defines these keys and its YAMLs set them, but nothing reads
+    # them (Mask2Former's decoder has no transformer encoder; the deformable encoder uses MASK_FORMER.NHEADS).
+    mf.ENC_LAYERS = 0
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
 
     # Swin backbone

@@ -29,6 +29,11 @@ def _find_fixtures():
 
 FIXTURES = _find_fixtures()
 CONFIGS = ROOT / "configs"
+# The original's zoo configs, as paths relative to configs/ (e.g. "ade20k/semantic-segmentation/swin/x.yaml"):
+# one per merged config in the fixtures, so a new fixture is tested automatically.
+ZOO_CONFIGS = sorted(
+    str(p.relative_to(FIXTURES / "original_configs")) for p in (FIXTURES / "original_configs").rglob("*.yaml")
+)
 R50 = CONFIGS / "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 # Overrides of R50 for a model small enough to train in seconds on CPU, for the 6 classes of the toy dataset.
 TINY_MODEL = [

@@ -8,6 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .atomic import atomic_write
+from .fine_tuning import log_skipped_tensors
 from .integrity import CorruptCheckpointError, md5_check_enabled, verify_md5_prefix
 from .restricted_pickle import UnsafeCheckpointError, load_restricted_pickle
 
@@ -24,6 +25,8 @@ class SafeCheckpointer(DetectionCheckpointer):
       ``$MASK2FORMER_MD5_CHECK=0`` turns this off.
     * checkpoints and ``last_checkpoint`` are written atomically, so a run killed at any moment leaves the
       previous checkpoint loadable; a checkpoint that ``weights_only`` could not read back is never written.
+    * tensors whose shape differs from the model's (the class head and the queries when fine-tuning to other
+      classes or queries) start fresh, each logged with both shapes and the reason (``fine_tuning.py``).
     """
 
     def __init__(self, model, save_dir="", *, save_to_disk=None, verify_md5=True, **checkpointables):
@@ -50,6 +53,16 @@ class SafeCheckpointer(DetectionCheckpointer):
             state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         return super()._load_file(filename)
+
+    def _log_incompatible_keys(self, incompatible):
+        log_skipped_tensors(self.logger, incompatible.incorrect_shapes, len(self.model.state_dict()))
+        # Skipped tensors are also missing from the load: they are listed once, above.
+        skipped = {name for name, *_ in incompatible.incorrect_shapes}
+        super()._log_incompatible_keys(
+            incompatible._replace(
+                incorrect_shapes=[], missing_keys=[k for k in incompatible.missing_keys if k not in skipped]
+            )
+        )
 
     def _remote_source(self):
         parsed = self._parsed_url_during_load

@@ -316,7 +316,8 @@ class D2SwinTransformer(Backbone):
             self.absolute_pos_embed = None
         self.pos_drop = nn.Dropout(drop_rate)
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # Plain floats, computed on the CPU whatever the default device (the meta device holds no values).
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList(
             SwinStage(
                 dims[i],

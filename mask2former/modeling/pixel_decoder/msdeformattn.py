@@ -171,8 +171,6 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         num_feature_levels=4, enc_n_points=4,
     ):
         super().__init__()
-        self.d_model = d_model
-        self.nhead = nhead
         self.encoder = MSDeformAttnTransformerEncoder(
             [
                 MSDeformAttnTransformerEncoderLayer(
