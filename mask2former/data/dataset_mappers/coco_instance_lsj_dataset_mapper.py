@@ -19,11 +19,12 @@ __all__ = ["COCOInstanceLSJDatasetMapper"]
 
 class COCOInstanceLSJDatasetMapper:
     """
-    Maps an instance dataset dict with polygon annotations (``file_name``, ``annotations``) to a training input
-    with the LSJ augmentations of ``build_lsj_augmentations``: ``image`` (C, S, S) uint8, S = INPUT.IMAGE_SIZE,
+    Maps an instance dataset dict (``file_name``, ``annotations`` with polygons; also COCO RLE or (H, W) array
+    masks, which the original rejects) to a training input with the LSJ augmentations of
+    ``build_lsj_augmentations``: ``image`` (C, S, S) uint8, S = INPUT.IMAGE_SIZE,
     ``padding_mask`` (S, S) bool, True on padded pixels, and ``instances`` with one target per non-crowd
-    annotation that stays visible (``gt_classes``, ``gt_masks`` (n, S, S) bool, ``gt_boxes`` of the masks). An
-    image without visible annotations trains "no object" for every query (a (0, S, S) uint8 ``gt_masks``).
+    annotation that stays visible (``gt_classes``, ``gt_masks`` (n, S, S) uint8 0/1 as in the original,
+    ``gt_boxes`` of the masks). An image without visible annotations trains "no object" for every query.
     Training only: evaluation uses detectron2's ``DatasetMapper``.
     """
 
@@ -69,15 +70,18 @@ class COCOInstanceLSJDatasetMapper:
         dataset_dict["padding_mask"] = torch.as_tensor(transforms.apply_segmentation(content) == 0)
 
         annotations = transformed_annotations(dataset_dict, transforms, image_shape)
-        instances = utils.annotations_to_instances(annotations, image_shape)
-        polygons = []
+        # Polygons as in the original; RLE or array masks (which the original rejects) as bitmasks.
+        polygons = not annotations or isinstance(annotations[0]["segmentation"], list)
+        instances = utils.annotations_to_instances(annotations, image_shape, "polygon" if polygons else "bitmask")
+        masks = []
         if annotations:
             # Boxes of the cropped masks: tighter than the crop of the boxes.
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
             instances = utils.filter_empty_instances(instances)
-            polygons = instances.gt_masks.polygons
-        instances.gt_masks = masks_to_tensor(
-            [polygons_to_bitmask(p, *image_shape) for p in polygons], image_shape, empty_dtype=torch.uint8
-        )
+            if polygons:
+                masks = [polygons_to_bitmask(p, *image_shape) for p in instances.gt_masks.polygons]
+            else:
+                masks = list(instances.gt_masks.tensor)
+        instances.gt_masks = masks_to_tensor(masks, image_shape).to(torch.uint8)
         dataset_dict["instances"] = instances
         return dataset_dict

@@ -11,13 +11,13 @@ def image_to_tensor(image):
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def masks_to_tensor(masks, shape, empty_dtype=torch.float32):
+def masks_to_tensor(masks, shape):
     """
-    (H, W) boolean arrays or tensors as one (n, H, W) bool tensor; with none, a (0, H, W) tensor of
-    ``empty_dtype`` (the dtype of the original mappers' empty targets).
+    (H, W) boolean arrays or tensors as one (n, H, W) bool tensor; with none, a (0, H, W) float32 tensor (the
+    original mappers' empty target).
     """
     if len(masks) == 0:
-        return torch.zeros((0, *shape), dtype=empty_dtype)
+        return torch.zeros((0, *shape))
     return torch.stack([torch.as_tensor(np.ascontiguousarray(m)).bool() for m in masks])
 
 
