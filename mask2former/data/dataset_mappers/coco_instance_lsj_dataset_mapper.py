@@ -75,7 +75,7 @@ class COCOInstanceLSJDatasetMapper:
         instances = utils.annotations_to_instances(annotations, image_shape, "polygon" if polygons else "bitmask")
         masks = []
         if annotations:
-            # Boxes of the cropped masks: tighter than the crop of the boxes.
+            # Boxes of the cropped polygons or masks: tighter than the crop of the boxes.
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
             instances = utils.filter_empty_instances(instances)
             if polygons:

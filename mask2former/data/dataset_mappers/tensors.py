@@ -18,7 +18,7 @@ def masks_to_tensor(masks, shape):
     """
     if len(masks) == 0:
         return torch.zeros((0, *shape))
-    return torch.stack([torch.as_tensor(np.ascontiguousarray(m)).bool() for m in masks])
+    return torch.stack([torch.from_numpy(np.array(m, dtype=bool)) for m in masks])
 
 
 def pad_to_divisibility(tensor, size_divisibility, value):
