@@ -372,10 +372,11 @@ def test_every_original_config_names_an_available_mapper():
     """Each of the original's 47 configs builds the mapper it names from its INPUT section."""
     files = sorted((FIXTURES / "original_configs").rglob("*.yaml"))
     assert len(files) == 47
+    base = make_cfg(R50, [f"DATASETS.TRAIN ('{TRAIN_NAME}',)"])
     for path in files:
-        inputs = yaml.safe_load(path.read_text())["INPUT"]
+        inputs = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["INPUT"]
         assert inputs["DATASET_MAPPER_NAME"] in TRAIN_MAPPERS, path
-        cfg = make_cfg(R50, [f"DATASETS.TRAIN ('{TRAIN_NAME}',)"])
+        cfg = base.clone()
         cfg.merge_from_other_cfg(CfgNode({"INPUT": inputs}))
         mapper = build_train_mapper(cfg)
         assert type(mapper) is TRAIN_MAPPERS[inputs["DATASET_MAPPER_NAME"]]
