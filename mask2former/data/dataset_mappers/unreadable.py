@@ -31,9 +31,10 @@ _ROOT_FIELDS = ("image_root", "panoptic_root", "sem_seg_root", "image_dir", "gt_
 class UnreadableFileError(OSError):
     """A file of a training sample cannot be read; the message names the file, its dataset and the fix."""
 
-    def __init__(self, message, file_name=None):
+    def __init__(self, message, file_name=None, where=None):
         super().__init__(message)
         self.file_name = file_name
+        self.where = where  # the file, its dataset and why it cannot be read
 
 
 def _too_many_skipped(files, limit):
@@ -73,10 +74,12 @@ class TrainingFileReader:
         try:
             return utils.read_image(file_name, format=format)
         except Exception as e:  # PIL reports bad data as OSError, SyntaxError, ValueError, zlib.error, ...
+            where = f"{file_name} ({self.dataset_of(file_name)}): {type(e).__name__}: {e}"
             raise UnreadableFileError(
-                f"cannot read {file_name} ({self.dataset_of(file_name)}): {type(e).__name__}: {e}. Repair or remove "
-                "the file, or set DATALOADER.SKIP_UNREADABLE_SAMPLES True to skip such samples during training",
+                f"cannot read {where}. Repair or remove the file, or set DATALOADER.SKIP_UNREADABLE_SAMPLES True to "
+                "skip such samples during training",
                 file_name,
+                where,
             ) from e
 
     def dataset_of(self, file_name):
@@ -105,7 +108,7 @@ class TrainingFileReader:
                 raise
             file_name = e.file_name
             if file_name not in self._skipped:
-                logger.warning(f"Skipping a training sample: {e}")
+                logger.warning(f"Skipping a training sample whose file cannot be read: {e.where}")
                 self._skipped.add(file_name)
                 self._unreported.append(file_name)
             if len(self._skipped) > self.max_unreadable:
