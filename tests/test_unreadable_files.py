@@ -9,6 +9,7 @@ import os
 
 import pytest
 from detectron2.data import DatasetCatalog
+from detectron2.utils.events import EventStorage
 
 from conftest import R50, TINY_MODEL, make_cfg
 from mask2former.data import build_train_mapper
@@ -86,7 +87,7 @@ def test_mapper_stops_past_the_limit(toy):
     cfg = make_cfg(R50, BASE + ["DATALOADER.SKIP_UNREADABLE_SAMPLES True", "DATALOADER.MAX_UNREADABLE_SAMPLES 1"])
     mapper = build_train_mapper(cfg)
     assert mapper(dicts["000002.jpg"]) is None
-    with pytest.raises(RuntimeError, match="2 training samples were skipped .*MAX_UNREADABLE_SAMPLES=1"):
+    with pytest.raises(RuntimeError, match="2 training files could not be read .*MAX_UNREADABLE_SAMPLES=1"):
         mapper(dicts["000003.jpg"])
 
 
@@ -99,18 +100,33 @@ def _train(tmp_path, overrides):
     return [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
 
 
-def test_training_error_names_the_file(toy, tmp_path):
-    """Without the switch, the worker's error reaches the trainer with the file and dataset named."""
+def _draw_batches(overrides, count=6):
+    """``count`` batches of the Trainer's data loader (a worker process), as training draws them."""
+    cfg = make_cfg(R50, BASE + ["DATALOADER.NUM_WORKERS 1", *overrides])
+    with EventStorage():
+        for _, _ in zip(range(count), Trainer.build_train_loader(cfg)):
+            pass
+
+
+def test_loader_error_names_the_file(toy):
+    """Without the switch, the worker's error reaches the main process with the file and dataset named."""
     with pytest.raises(UnreadableFileError, match=f"cannot read .*/00000(2.jpg|3.png) \\(dataset '{TRAIN}'\\)"):
-        _train(tmp_path, ["SOLVER.MAX_ITER 6"])
+        _draw_batches([])
 
 
-def test_training_skips_counts_and_stops_at_the_limit(toy, tmp_path):
-    records = _train(tmp_path / "skip", ["SOLVER.MAX_ITER 3", "DATALOADER.SKIP_UNREADABLE_SAMPLES True"])
+def test_loader_stops_past_the_limit(toy):
+    with pytest.raises(RuntimeError, match="MAX_UNREADABLE_SAMPLES=1"):
+        _draw_batches(["DATALOADER.SKIP_UNREADABLE_SAMPLES True", "DATALOADER.MAX_UNREADABLE_SAMPLES 1"])
+
+
+def test_training_skips_and_counts_in_metrics_json(toy, tmp_path):
+    cfg = make_cfg(R50, BASE + ["DATALOADER.NUM_WORKERS 1", f"OUTPUT_DIR {tmp_path}", "SOLVER.MAX_ITER 3"])
+    cfg.DATALOADER.SKIP_UNREADABLE_SAMPLES = True
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert records[-1]["iteration"] == 2
     # The first 6 samples are one pass over the 6 images: the JPEG and the panoptic PNG are met (the semantic
     # PNG is not read by this mapper), and reported with the good sample drawn in place of each.
     assert records[-1]["data/unreadable_files_skipped"] == 2
-    overrides = ["SOLVER.MAX_ITER 6", "DATALOADER.SKIP_UNREADABLE_SAMPLES True", "DATALOADER.MAX_UNREADABLE_SAMPLES 1"]
-    with pytest.raises(RuntimeError, match="MAX_UNREADABLE_SAMPLES=1"):
-        _train(tmp_path / "limit", overrides)

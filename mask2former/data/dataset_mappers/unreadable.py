@@ -39,8 +39,8 @@ class UnreadableFileError(OSError):
 
 def _too_many_skipped(files, limit):
     return RuntimeError(
-        f"{len(files)} training samples were skipped because a file could not be read, more than "
-        f"DATALOADER.MAX_UNREADABLE_SAMPLES={limit}; repair or remove them (or raise the limit). "
+        f"{len(files)} training files could not be read (their samples were skipped), more than "
+        f"DATALOADER.MAX_UNREADABLE_SAMPLES={limit}; repair or remove them, or raise the limit. "
         f"Files: {sorted(files)[:20]}{' ...' if len(files) > 20 else ''}"
     )
 
