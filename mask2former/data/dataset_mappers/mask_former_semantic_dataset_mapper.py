@@ -68,8 +68,9 @@ class MaskFormerSemanticDatasetMapper:
     """
     Maps a semantic-segmentation dataset dict (``file_name``, ``sem_seg_file_name``) to a training input:
     ``image`` (C, H, W) uint8 in INPUT.FORMAT, ``sem_seg`` (H, W) int64, and ``instances`` with one binary mask
-    per class present (``gt_classes``, ``gt_masks``), the ignore label excluded. With INPUT.SIZE_DIVISIBILITY > 0
-    the image is padded with 128 and ``sem_seg`` with the ignore label to a multiple of it.
+    per class present (``gt_classes``, ``gt_masks``), the ignore label (the ``ignore_label`` of the first training
+    dataset's metadata) excluded. With INPUT.SIZE_DIVISIBILITY > 0 the image is padded with 128 and ``sem_seg``
+    with the ignore label to a multiple of it.
     Training only: evaluation uses detectron2's ``DatasetMapper``.
     """
 
@@ -125,13 +126,13 @@ class MaskFormerSemanticDatasetMapper:
             raise ValueError(
                 f"{dataset_dict['file_name']}: a semantic segmentation dataset dict must not have 'annotations'"
             )
-        dataset_dict = copy.deepcopy(dataset_dict)
-        image, sem_seg = self.read_image_and_sem_seg(dataset_dict)
-        if sem_seg is None:
+        if "sem_seg_file_name" not in dataset_dict:
             raise ValueError(
                 f"{dataset_dict['file_name']} has no 'sem_seg_file_name': {type(self).__name__} needs a semantic "
                 "segmentation dataset"
             )
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image, sem_seg = self.read_image_and_sem_seg(dataset_dict)
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         T.apply_transform_gens(self.tfm_gens, aug_input)
         image = pad_to_divisibility(image_to_tensor(aug_input.image), self.size_divisibility, 128)
