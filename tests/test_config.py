@@ -24,6 +24,9 @@ ZOO = {
 ADDED_KEYS = {
     "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE": "",  # the fast inference path (off)
     "MODEL.WEIGHTS_MD5_CHECK": True,  # checkpoint integrity (on)
+    "INPUT.LSJ_DROP_EMPTY_TARGETS": False,  # coco_panoptic_lsj keeps empty targets (the original's)
+    "DATALOADER.SKIP_UNREADABLE_SAMPLES": False,  # an unreadable training file stops training
+    "DATALOADER.MAX_UNREADABLE_SAMPLES": 100,  # with skipping on, the limit
 }
 
 
