@@ -107,16 +107,20 @@ def image_with_no_segments(tmp_path):
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(pan_seg)  # every pixel void
     record = {"file_name": str(image), "pan_seg_file_name": str(pan_seg), "height": 48, "width": 64, "image_id": 1}
     mapper = build_train_mapper(cfg)
-    assert mapper({**record, "segments_info": []}) is None  # the loader draws another image instead
-
-    # A segment listed but not visible (as after a crop): the image trains with zero targets.
+    # As in the original: an image without segments trains "no object" for every query ...
+    no_segments = mapper({**record, "segments_info": []})
+    assert len(no_segments["instances"]) == 0
+    # ... and a segment listed but not visible (as after a crop) is a target with an empty mask.
     hidden = {"id": 5, "category_id": 2, "iscrowd": 0, "isthing": True}
     example = mapper({**record, "segments_info": [hidden]})
-    assert len(example["instances"]) == 0
+    assert len(example["instances"]) == 1 and not example["instances"].gt_masks.any()
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    losses = model([example])
+    losses = model([no_segments, example])
     assert losses and all(torch.isfinite(v).all() for v in losses.values()), losses
+    # INPUT.LSJ_DROP_EMPTY_TARGETS: the image is skipped instead (the loader draws another one).
+    cfg.INPUT.LSJ_DROP_EMPTY_TARGETS = True
+    assert build_train_mapper(cfg)({**record, "segments_info": []}) is None
 
 
 @row

@@ -13,6 +13,9 @@ from mask2former import add_maskformer2_config
 ADDED_KEYS = {
     "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE": "",  # the fast inference path (off)
     "MODEL.WEIGHTS_MD5_CHECK": True,  # checkpoint integrity (on)
+    "INPUT.LSJ_DROP_EMPTY_TARGETS": False,  # coco_panoptic_lsj keeps empty targets (the original's)
+    "DATALOADER.SKIP_UNREADABLE_SAMPLES": False,  # an unreadable training file stops training
+    "DATALOADER.MAX_UNREADABLE_SAMPLES": 100,  # with skipping on, the limit
 }
 R50 = "coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml"
 
