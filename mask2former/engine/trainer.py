@@ -1,11 +1,9 @@
 """
 Mask2Former's trainer: detectron2's DefaultTrainer with the original's data, optimizer and evaluation, plus
-CPU-safe distributed training, safe checkpoints and the non-finite-loss guard.
+CPU-safe distributed training, safe checkpoints, the non-finite-loss guard and preemption checkpoints.
 """
-import importlib.util
 import itertools
 import logging
-import os
 import weakref
 
 import torch
@@ -14,14 +12,13 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
 from ..checkpoint import SafeCheckpointer
 from ..data import build_train_mapper
 from ..evaluation import build_evaluator
-from .hooks import NonFiniteLossCheck
+from .hooks import NonFiniteLossCheck, PreemptionCheckpoint, TrainingPreempted
 
 __all__ = ["Trainer", "optimizer_param_groups", "with_full_model_gradient_clipping"]
 
@@ -126,15 +123,21 @@ class Trainer(DefaultTrainer):
         return SafeCheckpointer(model, cfg.OUTPUT_DIR, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK, **checkpointables)
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss."""
-        return super().build_hooks() + [NonFiniteLossCheck()]
+        """
+        DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss and the
+        checkpoint-and-stop on SIGTERM/SIGUSR1 before a preemption.
+        """
+        return super().build_hooks() + [NonFiniteLossCheck(), PreemptionCheckpoint()]
 
-    def build_writers(self):
-        """Console and ``metrics.json`` writers, plus TensorBoard's when the ``tensorboard`` package is installed."""
-        writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
-        if importlib.util.find_spec("tensorboard") is not None:
-            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
-        return writers
+    def train(self):
+        """
+        Train from ``start_iter`` to MAX_ITER; returns the last evaluation's results, or None when a preemption
+        signal stopped training early (after saving a checkpoint to resume from).
+        """
+        try:
+            return super().train()
+        except TrainingPreempted:
+            return None
 
     @classmethod
     def build_train_loader(cls, cfg):
