@@ -30,7 +30,7 @@ _RAND = torch.rand
 
 
 def make_batch(indices, size=64):
-    """Training inputs of images ``indices``: image i is a fixed random image with 1 + i % 3 rectangles of classes 0-5."""
+    """Training inputs of images ``indices``: image i, a fixed random image with 1 + i % 3 rectangles of classes 0-5."""
     batch = []
     for i in indices:
         g = torch.Generator().manual_seed(1000 + i)

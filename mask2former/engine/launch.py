@@ -72,14 +72,17 @@ def _torchrun_env(environ) -> ClusterEnv:
 
 
 def _slurm_env(environ) -> ClusterEnv:
-    rank, world_size, local_rank, node_rank = _ints(environ, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID")
+    rank, world_size, local_rank, node_rank = _ints(
+        environ, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID"
+    )
     if "SLURM_NTASKS_PER_NODE" in environ:
         (local_world_size,) = _ints(environ, "SLURM_NTASKS_PER_NODE")
     else:
         local_world_size = slurm_tasks_per_node(environ["SLURM_TASKS_PER_NODE"])[node_rank]
     host = environ.get("MASTER_ADDR")
     if host is None:
-        nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+        names = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+        nodelist = next((environ[name] for name in names if environ.get(name)), None)
         if not nodelist:
             raise ValueError("SLURM_JOB_NODELIST is not set: set MASTER_ADDR to the host of rank 0")
         host = slurm_first_host(nodelist)
@@ -115,7 +118,13 @@ def _init_process_group(env: ClusterEnv, timeout):
     group of the processes on this node, as detectron2's ``launch`` does for the processes it spawns.
     """
     on_cuda = torch.cuda.is_available()
-    if on_cuda and env.local_rank < torch.cuda.device_count():
+    # One GPU per local rank; a launcher that shows each process only its own GPU leaves that one current.
+    if on_cuda and torch.cuda.device_count() > 1:
+        if env.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {env.local_rank} but only {torch.cuda.device_count()} GPUs visible: start at most one "
+                "process per GPU on each node"
+            )
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(
         "cpu:gloo,cuda:nccl" if on_cuda else "gloo",

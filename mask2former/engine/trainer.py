@@ -99,7 +99,7 @@ class Trainer(DefaultTrainer):
 
         on_cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
+            model, broadcast_buffers=False, device_ids=[torch.cuda.current_device()] if on_cuda else None
         )
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not on_cuda:
