@@ -46,12 +46,15 @@ def test_slurm_first_host(nodelist, host):
     assert slurm_first_host(nodelist) == host
 
 
+# Task 5 of a 7-task job step (srun) in a job of 8 tasks on 4 nodes.
 SLURM = {
     "SLURM_PROCID": "5",
-    "SLURM_NTASKS": "7",
+    "SLURM_NTASKS": "8",
+    "SLURM_STEP_NUM_TASKS": "7",
     "SLURM_LOCALID": "1",
     "SLURM_NODEID": "2",
-    "SLURM_TASKS_PER_NODE": "2(x3),1",
+    "SLURM_TASKS_PER_NODE": "2(x4)",
+    "SLURM_STEP_TASKS_PER_NODE": "2(x3),1",
     "SLURM_JOB_NODELIST": "gpu[007-009,012]",
     "SLURM_JOB_ID": "123456",
 }
@@ -62,11 +65,14 @@ def test_slurm_environment():
         "slurm", rank=5, world_size=7, local_rank=1, local_world_size=2, node_rank=2,
         init_method=f"tcp://gpu007:{15000 + 123456 % 20000}",
     )
-    # --ntasks-per-node, and an explicit master address and port.
-    env = cluster_env({**SLURM, "SLURM_NTASKS_PER_NODE": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "2950"})
+    # Without the step's layout: --ntasks-per-node, else the job's; an explicit master address and port.
+    job_layout = {k: v for k, v in SLURM.items() if k != "SLURM_STEP_TASKS_PER_NODE"}
+    env = cluster_env({**job_layout, "SLURM_NTASKS_PER_NODE": "3", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "2950"})
     assert (env.local_world_size, env.init_method) == (3, "tcp://10.0.0.1:2950")
-    # One task (e.g. the batch script itself): nothing to join.
-    assert cluster_env({**SLURM, "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None
+    assert cluster_env(job_layout).local_world_size == 2
+    # One task, or the batch script (task 0 of SLURM_NTASKS but no job step): nothing to join.
+    assert cluster_env({**SLURM, "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}) is None
+    assert cluster_env({k: v for k, v in SLURM.items() if not k.startswith("SLURM_STEP")}) is None
     with pytest.raises(ValueError, match="inconsistent slurm environment"):
         cluster_env({**SLURM, "SLURM_PROCID": "7"})
     with pytest.raises(ValueError, match="set MASTER_ADDR"):

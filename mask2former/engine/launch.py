@@ -72,10 +72,13 @@ def _torchrun_env(environ) -> ClusterEnv:
 
 
 def _slurm_env(environ) -> ClusterEnv:
+    # The job step's variables (set by srun), not the job's: a step may use part of the allocation.
     rank, world_size, local_rank, node_rank = _ints(
-        environ, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID"
+        environ, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NODEID"
     )
-    if "SLURM_NTASKS_PER_NODE" in environ:
+    if "SLURM_STEP_TASKS_PER_NODE" in environ:
+        local_world_size = slurm_tasks_per_node(environ["SLURM_STEP_TASKS_PER_NODE"])[node_rank]
+    elif "SLURM_NTASKS_PER_NODE" in environ:
         (local_world_size,) = _ints(environ, "SLURM_NTASKS_PER_NODE")
     else:
         local_world_size = slurm_tasks_per_node(environ["SLURM_TASKS_PER_NODE"])[node_rank]
@@ -94,14 +97,16 @@ def _slurm_env(environ) -> ClusterEnv:
 def cluster_env(environ: Optional[Mapping[str, str]] = None) -> Optional[ClusterEnv]:
     """
     The job described by torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK,
-    MASTER_ADDR, MASTER_PORT) or else by SLURM's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODEID,
-    SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE, SLURM_JOB_NODELIST; MASTER_ADDR and MASTER_PORT override the
-    first node and the port derived from SLURM_JOB_ID). None when neither describes more than one process.
+    MASTER_ADDR, MASTER_PORT) or else by those of a SLURM job step started by srun (SLURM_PROCID,
+    SLURM_STEP_NUM_TASKS, SLURM_LOCALID, SLURM_NODEID, SLURM_STEP_TASKS_PER_NODE or SLURM_NTASKS_PER_NODE or
+    SLURM_TASKS_PER_NODE, SLURM_STEP_NODELIST or SLURM_JOB_NODELIST; MASTER_ADDR and MASTER_PORT override the first
+    node and the port derived from SLURM_JOB_ID). None when neither describes more than one process, e.g. in a
+    batch script, which SLURM runs as task 0 of SLURM_NTASKS but outside any job step.
     """
     environ = os.environ if environ is None else environ
     if "RANK" in environ and "WORLD_SIZE" in environ:
         env = _torchrun_env(environ)
-    elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+    elif "SLURM_PROCID" in environ and "SLURM_STEP_NUM_TASKS" in environ:
         env = _slurm_env(environ)
     else:
         return None
