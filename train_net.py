@@ -10,15 +10,21 @@ Train and evaluate Mask2Former with detectron2: the command line over ``mask2for
 Several machines: run the same command on each, with ``--num-machines N --machine-rank i`` and the same
 ``--dist-url tcp://<host of rank 0>:<port>``. Without a GPU (MODEL.DEVICE cpu), each of the ``--num-gpus``
 processes per machine trains on the CPU and they communicate over gloo.
+
+Under torchrun or SLURM srun, which start one process per rank, leave out ``--num-gpus``: each process reads its
+rank from the launcher's environment, e.g. ``torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint <host>:29500
+train_net.py --config-file <config>`` or ``srun --ntasks-per-node 8 python train_net.py --config-file <config>``.
+SIGTERM or SIGUSR1 (sent by schedulers before preempting a job) saves a checkpoint at the next iteration and
+stops; ``--resume`` continues from it.
 """
 from detectron2.engine import default_argument_parser as detectron2_argument_parser
-from detectron2.engine import default_setup, launch
+from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from mask2former import get_maskformer2_cfg
-from mask2former.engine import Trainer
+from mask2former.engine import Trainer, launch_job
 
 
 def default_argument_parser():
@@ -60,11 +66,4 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_job(main, args)

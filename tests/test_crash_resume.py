@@ -1,11 +1,13 @@
 """
 Training survives being killed: SIGKILL after the first checkpoint and in the middle of a later checkpoint write
 leaves a loadable last checkpoint, ``--resume`` continues from it with the saved state and reaches MAX_ITER.
+SIGTERM or SIGUSR1 (preemption) saves a checkpoint at the next iteration and exits cleanly.
 A non-finite loss stops training before it reaches the weights, naming the loss term and the iteration.
 """
 import copy
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from torch import nn
 from conftest import R50, ROOT, TINY_MODEL, assert_same_state, make_cfg, split_overrides
 from mask2former.checkpoint import SafeCheckpointer
 from mask2former.toy import generate_toy_panoptic, register_toy_panoptic
-from mask2former.engine import NonFiniteLossCheck, Trainer
+from mask2former.engine import NonFiniteLossCheck, PreemptionCheckpoint, Trainer, TrainingPreempted
 
 
 class TwoLosses(nn.Module):
@@ -68,8 +70,39 @@ def test_finite_losses_and_eval_outputs_pass():
     assert trainer.iter == 3
 
 
+class SignalAt(HookBase):
+    """Sends ``signum`` to this process after iteration ``iteration``."""
+
+    def __init__(self, signum, iteration):
+        self.signum, self.iteration = signum, iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_saves_and_stops_at_the_iteration_boundary(tmp_path, signum):
+    model = TwoLosses(bad_iter=-1, bad_value=math.nan)
+    trainer = SimpleTrainer(model, [torch.randn(4, 3)] * 10, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.checkpointer = SafeCheckpointer(model, str(tmp_path))
+    handler_before = signal.getsignal(signum)
+    snapshot = Snapshot()
+    # The signal arrives in the middle of iteration 3's hooks: the checkpoint holds iteration 3's weights.
+    trainer.register_hooks([SignalAt(signum, 3), PreemptionCheckpoint(), snapshot])
+    with pytest.raises(TrainingPreempted):
+        trainer.train(0, 10)
+    assert trainer.iter == 3
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    saved = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
+    assert saved["iteration"] == 3
+    assert_same_state(saved["model"], model.state_dict())
+    assert not all(torch.equal(v, snapshot.weights[k]) for k, v in model.state_dict().items())
+    assert signal.getsignal(signum) == handler_before, "the hook must restore the previous handler"
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# SIGKILL and --resume with the real train_net.py on CPU
+# SIGKILL, SIGTERM and --resume with the real train_net.py on CPU
 
 MAX_ITER = 8
 TINY = [
@@ -195,3 +228,28 @@ def _resumed_trainer(toy_root, out):
     trainer = Trainer(make_cfg(R50, overrides))
     trainer.resume_or_load(resume=True)
     return trainer
+
+
+def test_sigterm_saves_exits_cleanly_then_resume_reaches_max_iter(toy_root, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    process = _train_net(toy_root, out)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if "on SIGTERM or SIGUSR1, training saves a checkpoint" in (out / "stdout.txt").read_text():
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert _wait(process) == 0, (out / "stdout.txt").read_text()[-3000:]
+    log = (out / "stdout.txt").read_text()
+    (iteration,) = [int(i) for i in re.findall(r"Preempted: saved a checkpoint after iteration (\d+)", log)]
+    assert iteration < MAX_ITER - 1
+    assert _last_checkpoint(out) == f"model_{iteration:07d}.pth"
+    assert not (out / "model_final.pth").exists()
+    _assert_every_checkpoint_loads(out)
+
+    process = _train_net(toy_root, out, "--resume")
+    assert _wait(process) == 0, (out / "stdout.txt").read_text()[-3000:]
+    assert f"Starting training from iteration {iteration + 1}" in (out / "stdout.txt").read_text()
+    assert _last_checkpoint(out) == "model_final.pth"
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == MAX_ITER - 1

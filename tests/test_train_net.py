@@ -5,6 +5,7 @@ import math
 import pickle
 import sys
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -226,6 +227,21 @@ def test_short_cpu_training_lowers_the_loss(trained):
     assert len(losses) == 24 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.8 * first, f"loss went from {first:.2f} to {last:.2f}"
+
+
+def test_short_cpu_training_writes_tensorboard_events(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, trainer, _ = trained
+    (events_file,) = out.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(events_file))
+    events.Reload()
+    assert {"total_loss", "loss_ce", "loss_mask_0", "lr"} <= set(events.Tags()["scalars"])
+    # The writer runs every 20 iterations and at the end, with the losses median-smoothed over 20 iterations.
+    total_loss = events.Scalars("total_loss")
+    assert [e.step for e in total_loss] == [19, 23]
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert total_loss[-1].value == pytest.approx(float(np.median(losses[-20:])), rel=1e-6)
 
 
 def test_checkpoints_resume_and_eval_only(trained):

@@ -1,6 +1,15 @@
-"""Stopping training at the first non-finite loss, before it reaches the weights."""
+"""Hooks of the Trainer: stopping at the first non-finite loss, saving and stopping when the job is preempted."""
+import logging
+import os
+import signal
+import threading
+
 import torch
+import torch.distributed as dist
 from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossCheck(HookBase):
@@ -29,3 +38,67 @@ class NonFiniteLossCheck(HookBase):
             "so the weights and the last checkpoint are the last finite ones. Lower SOLVER.BASE_LR, enable "
             "SOLVER.CLIP_GRADIENTS, or inspect this iteration's images and annotations; then resume with --resume."
         )
+
+
+class TrainingPreempted(BaseException):
+    """
+    Raised by ``PreemptionCheckpoint`` to leave the training loop after saving. A ``BaseException``, so that
+    detectron2's loop does not log it as a failure; hooks' ``after_train`` still run.
+    """
+
+
+class PreemptionCheckpoint(HookBase):
+    """
+    Save a checkpoint and stop at the next iteration boundary after SIGTERM or SIGUSR1, the signals schedulers
+    (SLURM, Kubernetes, torchrun) send before they preempt a job; ``--resume`` continues from that checkpoint.
+
+    The signal may reach only some processes of a distributed run: after every iteration the ranks take the
+    maximum of their flags (one tiny all-reduce over a gloo group), so all of them stop after the same iteration.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self._requested = False
+        self._previous_handlers = {}
+        self._group = None
+
+    def before_train(self):
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training runs outside the main thread: SIGTERM/SIGUSR1 will not save a checkpoint")
+            return
+        for signum in self.SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._request)
+        if comm.get_world_size() > 1:
+            # CPU tensors over gloo whatever the training backend, so that the check never touches the GPU stream.
+            self._group = dist.new_group(backend="gloo")
+        logger.info(
+            f"Process {os.getpid()} (rank {comm.get_rank()}): on SIGTERM or SIGUSR1, training saves a checkpoint "
+            "at the next iteration and stops"
+        )
+
+    def _request(self, signum, frame):
+        self._requested = True
+
+    def after_step(self):
+        if self._group is not None:
+            flag = torch.tensor([int(self._requested)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+            stop = bool(flag.item())
+        else:
+            stop = self._requested
+        if not stop or self.trainer.iter + 1 >= self.trainer.max_iter:
+            return  # the last iteration saves model_final anyway
+        iteration = self.trainer.iter
+        self.trainer.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+        comm.synchronize()
+        logger.info(f"Preempted: saved a checkpoint after iteration {iteration}; continue with --resume")
+        raise TrainingPreempted(iteration)
+
+    def after_train(self):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+            self._group = None

@@ -1,11 +1,9 @@
 """
 Mask2Former's trainer: detectron2's DefaultTrainer with the original's data, optimizer and evaluation, plus
-CPU-safe distributed training, safe checkpoints and the non-finite-loss guard.
+CPU-safe distributed training, safe checkpoints, the non-finite-loss guard and preemption checkpoints.
 """
-import importlib.util
 import itertools
 import logging
-import os
 import weakref
 from collections import OrderedDict
 
@@ -15,7 +13,6 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 from torch import nn
 
@@ -24,7 +21,7 @@ from ..data import build_train_mapper
 from ..data.dataset_mappers import SkippedFileCounter
 from ..evaluation import build_evaluator
 from ..test_time_augmentation import SemanticSegmentorWithTTA
-from .hooks import NonFiniteLossCheck
+from .hooks import NonFiniteLossCheck, PreemptionCheckpoint, TrainingPreempted
 
 __all__ = ["Trainer", "optimizer_param_groups", "with_full_model_gradient_clipping"]
 
@@ -105,7 +102,7 @@ class Trainer(DefaultTrainer):
 
         on_cuda = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
+            model, broadcast_buffers=False, device_ids=[torch.cuda.current_device()] if on_cuda else None
         )
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not on_cuda:
@@ -129,15 +126,21 @@ class Trainer(DefaultTrainer):
         return SafeCheckpointer(model, cfg.OUTPUT_DIR, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK, **checkpointables)
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss."""
-        return super().build_hooks() + [NonFiniteLossCheck()]
+        """
+        DefaultTrainer's hooks, plus the check that stops training at the first non-finite loss and the
+        checkpoint-and-stop on SIGTERM/SIGUSR1 before a preemption.
+        """
+        return super().build_hooks() + [NonFiniteLossCheck(), PreemptionCheckpoint()]
 
-    def build_writers(self):
-        """Console and ``metrics.json`` writers, plus TensorBoard's when the ``tensorboard`` package is installed."""
-        writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
-        if importlib.util.find_spec("tensorboard") is not None:
-            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
-        return writers
+    def train(self):
+        """
+        Train from ``start_iter`` to MAX_ITER; returns the last evaluation's results, or None when a preemption
+        signal stopped training early (after saving a checkpoint to resume from).
+        """
+        try:
+            return super().train()
+        except TrainingPreempted:
+            return None
 
     @classmethod
     def build_train_loader(cls, cfg):

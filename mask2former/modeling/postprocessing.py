@@ -4,6 +4,10 @@ Turning per-query class logits and mask logits of one image into semantic, panop
 All functions take ``mask_cls`` (Q, K+1) logits, the last column being "no object", and ``mask_pred`` (Q, H, W)
 mask logits already at the output resolution. Optionally they take ``mask_prob``, ``mask_pred.sigmoid()`` computed
 once by a caller that wants several outputs: at full resolution it is one of the costliest steps.
+
+Panoptic and instance inference have two equivalent code paths, chosen by ``batched`` (default: by device). On
+CUDA they work on all queries at once, without per-query Python loops or host syncs per query; on CPU a loop over
+queries is faster (it touches one full-resolution mask at a time) and is the default there.
 """
 from typing import Collection, Optional
 
@@ -39,6 +43,7 @@ def panoptic_inference(
     object_mask_threshold: float,
     overlap_threshold: float,
     mask_prob=None,
+    batched: Optional[bool] = None,
 ):
     """
     Panoptic id map (H, W) int32 (0 = no segment) and its ``segments_info``.
@@ -46,7 +51,8 @@ def panoptic_inference(
     Queries whose best class is a real class with probability above ``object_mask_threshold`` compete for each
     pixel by probability x mask probability. A query keeps the pixels it wins where its own mask probability is
     >= 0.5, unless that is less than ``overlap_threshold`` of its mask (it is mostly hidden): then it is dropped.
-    All queries of one stuff class share one segment.
+    All queries of one stuff class share one segment. ``batched`` (default: on CUDA) assigns the segments of all
+    queries at once instead of in a loop over queries; the outputs are the same.
     """
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     if mask_prob is None:
@@ -65,10 +71,15 @@ def panoptic_inference(
     own = cur_masks >= 0.5
     # A pixel can only go to the query that wins it, so all per-query areas come from one pass over the winners.
     visible = own.gather(0, winner[None])[0]
-    won_area = torch.bincount(winner.flatten(), minlength=num_kept).tolist()
-    visible_area = torch.bincount(winner[visible], minlength=num_kept).tolist()
-    own_area = own.flatten(1).sum(1).tolist()
+    won_area = torch.bincount(winner.flatten(), minlength=num_kept)
+    visible_area = torch.bincount(winner[visible], minlength=num_kept)
+    if (mask_prob.is_cuda if batched is None else batched):
+        query_segment_ids, segments_info = _segment_ids_batched(
+            cur_classes, won_area, visible_area, own.flatten(1).sum(1), thing_classes, num_classes, overlap_threshold
+        )
+        return torch.where(visible, query_segment_ids[winner], panoptic_seg), segments_info
 
+    won_area, visible_area, own_area = won_area.tolist(), visible_area.tolist(), own.flatten(1).sum(1).tolist()
     query_segment_ids = [0] * num_kept
     stuff_segment_ids = {}
     segment_id = 0
@@ -91,6 +102,32 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
+def _segment_ids_batched(classes, won_area, visible_area, own_area, thing_classes, num_classes, overlap_threshold):
+    """
+    The segment id of each kept query (0 = none) and ``segments_info``, as the per-query loop of
+    ``panoptic_inference`` assigns them, computed for all queries at once with a single host sync at the end.
+    """
+    device = classes.device
+    index = torch.arange(classes.numel(), device=device)
+    is_thing = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
+    is_thing[torch.as_tensor(sorted(thing_classes), dtype=torch.long, device=device)] = True
+    is_thing = is_thing[classes]
+    # The ratio in float64, as the loop's Python division, so that both paths agree at the threshold.
+    valid = (won_area > 0) & (own_area > 0) & (visible_area > 0)
+    valid &= won_area.double() / own_area.double().clamp(min=1) >= overlap_threshold
+    # The first valid query of each stuff class opens its segment; later ones of that class join it.
+    valid_stuff = valid & ~is_thing
+    first_of_class = torch.full((num_classes + 1,), classes.numel(), dtype=torch.long, device=device)
+    first_of_class.scatter_reduce_(0, classes[valid_stuff], index[valid_stuff], reduce="amin")
+    opens = valid & (is_thing | first_of_class[classes].eq(index))
+    new_ids = torch.cumsum(opens, 0, dtype=torch.int32)
+    owner = torch.where(valid_stuff, first_of_class[classes], index)
+    query_segment_ids = torch.where(valid, new_ids[owner], torch.zeros_like(new_ids))
+    opened = torch.stack([new_ids, classes.to(torch.int32), is_thing.to(torch.int32)], 1)[opens].tolist()
+    segments_info = [{"id": i, "isthing": bool(t), "category_id": c} for i, c, t in opened]
+    return query_segment_ids, segments_info
+
+
 def instance_inference(
     mask_cls,
     mask_pred,
@@ -99,13 +136,15 @@ def instance_inference(
     topk: int,
     thing_classes: Optional[Collection[int]] = None,
     mask_prob=None,
+    batched: Optional[bool] = None,
 ):
     """
     The ``topk`` best (query, class) pairs over all queries and classes as ``Instances``.
 
     With ``thing_classes``, pairs of other classes are dropped after the top-k (panoptic models also predict
     stuff). Scores are class probability x mean mask probability inside the binary mask (logit > 0); boxes are
-    the binary masks' bounding boxes.
+    the binary masks' bounding boxes. ``batched`` (default: on CUDA) scores all selected queries' masks at once
+    instead of one at a time; the outputs are the same.
     """
     num_queries = mask_cls.shape[0]
     scores = F.softmax(mask_cls, dim=-1)[:, :-1]
@@ -116,14 +155,38 @@ def instance_inference(
     query_indices = torch.div(topk_indices, num_classes, rounding_mode="floor")
 
     if thing_classes is not None:
-        is_thing = torch.tensor([c in thing_classes for c in labels_per_image.tolist()], dtype=torch.bool)
-        is_thing = is_thing.to(device=mask_cls.device)
+        is_thing = torch.zeros(num_classes, dtype=torch.bool, device=mask_cls.device)
+        is_thing[torch.as_tensor(sorted(thing_classes), dtype=torch.long, device=mask_cls.device)] = True
+        is_thing = is_thing[labels_per_image]
         scores_per_image = scores_per_image[is_thing]
         labels_per_image = labels_per_image[is_thing]
         query_indices = query_indices[is_thing]
 
-    # Many pairs share a query: each query's mask is binarized, scored and boxed once, by its first pair, one mask
-    # at a time, so that no temporary is larger than one full-resolution mask.
+    result = Instances(tuple(mask_pred.shape[-2:]))
+    if (mask_pred.is_cuda if batched is None else batched):
+        # Many pairs share a query: each selected query's mask is binarized, scored and boxed once.
+        queries, source = torch.unique(query_indices, return_inverse=True)
+        binary = mask_pred[queries].gt(0).to(mask_pred.dtype)
+        prob = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
+        mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        masks, rows_max, cols_max = binary[source], binary.amax(2)[source], binary.amax(1)[source]
+    else:
+        masks, mask_scores, rows_max, cols_max, source = _instance_masks_loop(mask_pred, mask_prob, query_indices)
+    result.pred_masks = masks
+    result.pred_boxes = Boxes(_boxes_from_projections(rows_max > 0, cols_max > 0))
+    result.scores = scores_per_image * mask_scores[source]
+    result.pred_classes = labels_per_image
+    result.query_indices = query_indices
+    return result
+
+
+def _instance_masks_loop(mask_pred, mask_prob, query_indices):
+    """
+    ``instance_inference``'s binary masks (N, H, W) of the selected queries, the scores of the distinct queries'
+    masks, the masks' row and column maxima, and each pair's index into the scores. Many pairs share a query: each
+    query's mask is binarized, scored and boxed once, by its first pair, one mask at a time, so that no temporary is
+    larger than one full-resolution mask.
+    """
     pair_queries = query_indices.tolist()
     first_pair = {}
     source = [first_pair.setdefault(q, j) for j, q in enumerate(pair_queries)]
@@ -142,14 +205,7 @@ def instance_inference(
         mask_scores[j] = (prob * binary).sum() / (binary.sum() + 1e-6)
         rows_max[j], cols_max[j] = binary.amax(1), binary.amax(0)
     source = torch.as_tensor(source, dtype=torch.long, device=mask_pred.device)
-
-    result = Instances(tuple(mask_pred.shape[-2:]))
-    result.pred_masks = masks
-    result.pred_boxes = Boxes(_boxes_from_projections(rows_max[source] > 0, cols_max[source] > 0))
-    result.scores = scores_per_image * mask_scores[source]
-    result.pred_classes = labels_per_image
-    result.query_indices = query_indices
-    return result
+    return masks, mask_scores, rows_max[source], cols_max[source], source
 
 
 def _boxes_from_projections(rows_any, cols_any):
