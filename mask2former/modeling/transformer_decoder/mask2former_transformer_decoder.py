@@ -258,7 +258,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             if i > 0:
                 level = (i - 1) % self.num_feature_levels
                 # A query whose mask is empty at this level attends everywhere rather than nowhere.
-                attn_mask[attn_mask.all(-1)] = False
+                attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
                 output = self.transformer_cross_attention_layers[i - 1](
                     output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
                 )

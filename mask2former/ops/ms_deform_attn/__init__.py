@@ -11,9 +11,11 @@ import torch
 
 from .function import MSDeformAttnFunction
 from .kernels import kernels_for
-from .reference import ms_deform_attn_reference
+from .reference import level_shapes, ms_deform_attn_reference
 
-__all__ = ["MSDeformAttnFunction", "kernels_for", "ms_deform_attn", "ms_deform_attn_reference", "reference_only"]
+__all__ = [
+    "MSDeformAttnFunction", "kernels_for", "level_shapes", "ms_deform_attn", "ms_deform_attn_reference", "reference_only"
+]
 
 _reference_only = False
 
@@ -92,9 +94,11 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         (N, Lq, M * D) in the dtype of ``value``. Under ``torch.autocast`` an fp32 value is cast to the autocast
         dtype, like the inputs of a matmul (the kernels still sum in fp32).
     """
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if not torch.jit.is_tracing():
+        _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     device_type = value.device.type
-    kernels = None if _reference_only else kernels_for(device_type)
+    # Tracing (export) records the reference: plain operators that ONNX Runtime and TorchScript run as they are.
+    kernels = None if _reference_only or torch.jit.is_tracing() else kernels_for(device_type)
     if kernels is None:
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if torch.is_autocast_enabled(device_type) and value.dtype == torch.float32:
