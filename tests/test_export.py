@@ -1,7 +1,8 @@
 """
-Export (issue 14): one exported file per reference_tiny model, traced at a third size, reproduces the original's
-predictions at both fixture sizes (A 320x480, B 257x391 padded to 288x416) in ONNX Runtime and TorchScript, and
-``ExportedPredictor`` post-processes them into the same outputs as the PyTorch model, with the same function.
+Export (issue 14): one exported file per reference_tiny model (tiny_swin to ONNX, tiny_r50 to TorchScript by the
+command line), traced at a third size, reproduces the original's predictions at both fixture sizes (A 320x480,
+B 257x391 padded to 288x416), and ``ExportedPredictor`` post-processes them into the same outputs as the PyTorch
+model, with the same function.
 """
 import json
 
@@ -29,30 +30,28 @@ def reference_cfg(name, extra=()):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (PyTorch model, {format: file}); tiny_r50's TorchScript file comes from the command line."""
+    """name -> (PyTorch model, {format: file}): tiny_swin to ONNX, tiny_r50 to TorchScript by the command line."""
     torch.set_num_threads(2)
     folder = tmp_path_factory.mktemp("export")
-    result = {}
-    for name, formats in (("tiny_swin", ("onnx", "torchscript")), ("tiny_r50", ("onnx",))):
-        model = build_reference_model(name)
-        files = {}
-        for fmt in formats:
-            files[fmt] = folder / f"{name}.{fmt}"
-            export_model(model, reference_cfg(name), files[fmt], fmt, sample_size=TRACE_SIZE)
-        result[name] = (model, files)
+    swin = build_reference_model("tiny_swin")
+    onnx_file = folder / "tiny_swin.onnx"
+    export_model(swin, reference_cfg("tiny_swin"), onnx_file, "onnx", sample_size=TRACE_SIZE)
+
     spec = json.loads((REF / "tiny_r50_overrides.json").read_text())
-    files = result["tiny_r50"][1]
-    files["torchscript"] = folder / "tiny_r50_cli.torchscript"
+    script_file = folder / "tiny_r50.torchscript"
     cli = load_script(ROOT / "tools/export_model.py")
     assert cli.main([
         "--config-file", str(CONFIGS.parent / spec["config"]), "--weights", str(REF / "tiny_r50.pkl"),
-        "--format", "torchscript", "--output", str(files["torchscript"]), "--sample-size", *map(str, TRACE_SIZE),
+        "--format", "torchscript", "--output", str(script_file), "--sample-size", *map(str, TRACE_SIZE),
         "--opts", *split_overrides(spec["overrides"] + spec["forced_overrides"][:1]),
     ]) == 0
-    return result
+    return {
+        "tiny_swin": (swin, {"onnx": onnx_file}),
+        "tiny_r50": (build_reference_model("tiny_r50"), {"torchscript": script_file}),
+    }
 
 
-CASES = [(name, fmt) for name in ("tiny_swin", "tiny_r50") for fmt in ("onnx", "torchscript")]
+CASES = [("tiny_swin", "onnx"), ("tiny_r50", "torchscript")]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=["-".join(c) for c in CASES])
@@ -135,22 +134,22 @@ def test_export_rejects_an_old_opset(exported, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_exported_file_rejects_a_size_that_is_not_a_multiple(exported, fmt):
-    predictor = ExportedPredictor(exported["tiny_swin"][1][fmt], reference_cfg("tiny_swin"))
+@pytest.mark.parametrize("name, fmt", CASES)
+def test_exported_file_rejects_a_size_that_is_not_a_multiple(exported, name, fmt):
+    predictor = ExportedPredictor(exported[name][1][fmt], reference_cfg(name))
     with pytest.raises(ValueError, match=r"257x391 is not a multiple of 32.*288x416"):
         predictor.run(torch.zeros((1, 3, 257, 391)))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_exported_file_rejects_another_config(exported, fmt):
-    path = exported["tiny_swin"][1][fmt]
+@pytest.mark.parametrize("name, other, fmt", [("tiny_swin", "tiny_r50", "onnx"), ("tiny_r50", "tiny_swin", "torchscript")])
+def test_exported_file_rejects_another_config(exported, name, other, fmt):
+    path = exported[name][1][fmt]
     with pytest.raises(ValueError, match=r"exported from another config: MODEL.MASK_FORMER.HIDDEN_DIM: file 32, config 64"):
-        ExportedPredictor(path, reference_cfg("tiny_swin", ["MODEL.MASK_FORMER.HIDDEN_DIM 64"]))
+        ExportedPredictor(path, reference_cfg(name, ["MODEL.MASK_FORMER.HIDDEN_DIM 64"]))
     with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME"):
-        ExportedPredictor(path, reference_cfg("tiny_r50"))
+        ExportedPredictor(path, reference_cfg(other))
     # Post-processing switches, the weights' location and the device are not part of the network.
-    ExportedPredictor(path, reference_cfg("tiny_swin", ["MODEL.MASK_FORMER.TEST.INSTANCE_ON False", "MODEL.WEIGHTS x"]))
+    ExportedPredictor(path, reference_cfg(name, ["MODEL.MASK_FORMER.TEST.INSTANCE_ON False", "MODEL.WEIGHTS x"]))
 
 
 def test_a_foreign_onnx_file_is_rejected(tmp_path):

@@ -18,7 +18,8 @@ class ExportedPredictor:
     "width"), it returns per image the dicts the model returns (``sem_seg``, ``panoptic_seg``, ``instances`` as
     ``MODEL.MASK_FORMER.TEST`` switches them on), post-processed by the same function as the model.
 
-    ONNX files run in ONNX Runtime (its CUDA provider where installed and ``MODEL.DEVICE`` is cuda, else CPU);
+    ONNX files run in ONNX Runtime (its CUDA provider where installed and ``MODEL.DEVICE`` is cuda, else CPU, with
+    ``torch.get_num_threads()`` threads);
     TorchScript files in torch on ``MODEL.DEVICE``. ``cfg`` must be the config the file was exported from (its
     network keys are checked); its post-processing keys (``MODEL.MASK_FORMER.TEST.*``) may differ.
     """
@@ -80,7 +81,10 @@ class _OnnxRuntime:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(path, providers=providers)
+        options = ort.SessionOptions()
+        # As many threads as torch uses (torch.set_num_threads), so that both runtimes share one setting.
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = ort.InferenceSession(path, options, providers=providers)
 
     def __call__(self, images):
         outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(images.cpu().numpy())})

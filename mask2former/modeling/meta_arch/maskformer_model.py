@@ -1,4 +1,6 @@
 """The MaskFormer meta-architecture: backbone + MaskFormerHead, Hungarian-matched losses, and inference."""
+import functools
+import logging
 from contextlib import nullcontext
 from typing import Optional, Tuple
 
@@ -9,6 +11,7 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
+from ..cpu_features import native_bf16_matmul
 from ..criterion import SetCriterion
 from ..matcher import HungarianMatcher
 from ..inference import InferenceSettings, maskformer_inference
@@ -193,6 +196,9 @@ class MaskFormer(nn.Module):
         """Autocast for the fast inference path; a no-op otherwise (it must not switch off a caller's autocast)."""
         if self.training or self.autocast_dtype is None:
             return nullcontext()
+        if self.device.type == "cpu" and self.autocast_dtype == torch.bfloat16 and not native_bf16_matmul():
+            _log_bf16_fallback()
+            return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def prepare_targets(self, targets, images):
@@ -207,6 +213,15 @@ class MaskFormer(nn.Module):
             padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
             new_targets.append({"labels": target.gt_classes, "masks": padded})
         return new_targets
+
+
+@functools.lru_cache(maxsize=None)
+def _log_bf16_fallback():
+    """Said once per process."""
+    logging.getLogger(__name__).warning(
+        "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16: this CPU has no bf16 matrix instructions (amx_bf16, "
+        "avx512_bf16), on which bfloat16 is slower than float32; running in float32"
+    )
 
 
 def _autocast_dtype(name):

@@ -235,6 +235,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
+        if not self.training and mask_features.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU inference runs the decoder in float32: its attention multiplies transposed (strided) operands,
+            # which 16-bit CPU batched matmuls copy first (docs/benchmarks.md), and it is a small share of the work.
+            with torch.autocast("cpu", enabled=False):
+                return self.forward([feat.float() for feat in x], mask_features.float(), mask)
         srcs, poss, sizes = [], [], []
         for i, feat in enumerate(x):
             sizes.append(feat.shape[-2:])
