@@ -158,3 +158,14 @@ def test_a_foreign_onnx_file_is_rejected(tmp_path):
         torch.onnx.export(torch.nn.Conv2d(3, 3, 1), (torch.zeros(1, 3, 8, 8),), str(foreign), dynamo=False)
     with pytest.raises(ValueError, match="not a Mask2Former export"):
         ExportedPredictor(foreign, reference_cfg("tiny_swin"))
+
+
+def test_demo_runs_an_exported_file(exported, tmp_path):
+    spec = json.loads((REF / "tiny_swin_overrides.json").read_text())
+    demo = load_script(ROOT / "tools/demo.py")
+    assert demo.main([
+        "--config-file", str(CONFIGS.parent / spec["config"]), "--exported", str(exported["tiny_swin"][1]["onnx"]),
+        "--input", str(REF / "image_B.png"), "--output", str(tmp_path), "--mode", "semantic",
+        "--opts", *split_overrides(spec["overrides"] + spec["forced_overrides"] + ["INPUT.MIN_SIZE_TEST 256"]),
+    ]) == 0
+    assert (tmp_path / "image_B.png").is_file()
