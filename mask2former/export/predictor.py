@@ -68,7 +68,6 @@ class ExportedPredictor:
 class _OnnxRuntime:
     def __init__(self, path, device):
         import onnx
-        import onnxruntime as ort
 
         # The metadata, without the weights (they may be large).
         proto = onnx.load(path, load_external_data=False)
@@ -77,17 +76,25 @@ class _OnnxRuntime:
             raise ValueError(f"{path} is not a Mask2Former export (no {METADATA_KEY!r} metadata); export it with "
                              "tools/export_model.py")
         self.metadata = json.loads(props[METADATA_KEY])
-        del proto
+        self.path, self.device = path, device
+        self._session = None
+
+    def _start(self):
+        """The ONNX Runtime session, made at the first run: a file that fails the config check costs no session."""
+        import onnxruntime as ort
+
         providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         # As many threads as torch uses (torch.set_num_threads), so that both runtimes share one setting.
         options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        return ort.InferenceSession(self.path, options, providers=providers)
 
     def __call__(self, images):
-        outputs = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(images.cpu().numpy())})
+        if self._session is None:
+            self._session = self._start()
+        outputs = self._session.run(None, {INPUT_NAME: np.ascontiguousarray(images.cpu().numpy())})
         return tuple(torch.from_numpy(o) for o in outputs)
 
 
