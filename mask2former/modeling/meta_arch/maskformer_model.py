@@ -13,8 +13,8 @@ from torch import nn
 
 from ..cpu_features import native_bf16_matmul
 from ..criterion import SetCriterion
-from ..matcher import HungarianMatcher
 from ..inference import InferenceSettings, maskformer_inference
+from ..matcher import HungarianMatcher
 
 
 @META_ARCH_REGISTRY.register()
