@@ -239,7 +239,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             # CPU inference runs the decoder in float32: its attention multiplies transposed (strided) operands,
             # which 16-bit CPU batched matmuls copy first (docs/benchmarks.md), and it is a small share of the work.
             with torch.autocast("cpu", enabled=False):
-                return self.forward([feat.float() for feat in x], mask_features.float(), mask)
+                return self._forward([feat.float() for feat in x], mask_features.float())
+        return self._forward(x, mask_features)
+
+    def _forward(self, x, mask_features):
+        """``forward`` in the dtypes it is given."""
         srcs, poss, sizes = [], [], []
         for i, feat in enumerate(x):
             sizes.append(feat.shape[-2:])
