@@ -42,11 +42,14 @@ class Predictor:
     (shortest edge ``INPUT.MIN_SIZE_TEST``, at most ``INPUT.MAX_SIZE_TEST``), outputs at the original size.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, model=None):
+        """``model``: called instead of the model of ``cfg.MODEL.WEIGHTS``, e.g. an ``ExportedPredictor``."""
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        SafeCheckpointer(self.model, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK).load(cfg.MODEL.WEIGHTS)
+        if model is None:
+            model = build_model(self.cfg)
+            model.eval()
+            SafeCheckpointer(model, verify_md5=cfg.MODEL.WEIGHTS_MD5_CHECK).load(cfg.MODEL.WEIGHTS)
+        self.model = model
         self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r} is not supported; use RGB or BGR")

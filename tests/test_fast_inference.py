@@ -16,6 +16,7 @@ import torch
 from detectron2.modeling import build_model
 
 from conftest import CONFIGS, make_cfg
+from mask2former.modeling.meta_arch import maskformer_model
 from test_reference_tiny import REF, Recorder, build_reference_model, build_tiny_model, decoder_predictions, read_input
 
 MODELS = ["tiny_r50", "tiny_swin"]
@@ -61,7 +62,10 @@ def fast_and_float(request):
     runs = {}
     for dtype in (None, torch.bfloat16):
         model.autocast_dtype = dtype
-        output, values = run(model), dict(recorder.values)
+        # The bfloat16 path as on a CPU with bf16 matrix instructions (elsewhere it falls back to float32).
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(maskformer_model, "native_bf16_matmul", lambda: True)
+            output, values = run(model), dict(recorder.values)
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             values["predictions"] = decoder_predictions(model, values)
         runs[dtype] = output, values

@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 from mask2former import get_maskformer2_cfg
+from mask2former.export import ExportedPredictor
 from mask2former.visualization import MODES, Predictor, draw_prediction, metadata_of, read_image
 
 
@@ -28,6 +29,8 @@ def get_parser():
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
     parser.add_argument("--output", required=True, help="folder for the <image name>.png visualizations")
     parser.add_argument("--mode", choices=MODES, default="panoptic")
+    parser.add_argument("--exported", metavar="FILE",
+                        help="run this file of tools/export_model.py (ONNX or TorchScript) instead of the weights")
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="instance mode: minimum score")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
@@ -60,7 +63,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     logger = setup_logger(name="demo")
     cfg = setup_cfg(args)
-    predictor = Predictor(cfg)
+    predictor = Predictor(cfg, ExportedPredictor(args.exported, cfg) if args.exported else None)
     metadata = metadata_of(cfg)
     os.makedirs(args.output, exist_ok=True)
 

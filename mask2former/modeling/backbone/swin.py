@@ -10,7 +10,6 @@ each block pads its map to a multiple of the window size (and crops back), and p
 The module and parameter names are those of the released Mask2Former checkpoints (``patch_embed``,
 ``layers.I.blocks.J``, ``layers.I.downsample``, per-output norms ``norm0..norm3``).
 """
-import math
 from typing import List, Optional
 
 import torch
@@ -133,7 +132,9 @@ class WindowAttention(nn.Module):
         attn += bias.view(N, N, self.num_heads).permute(2, 0, 1).unsqueeze(0)
         if mask is not None:
             num_windows = mask.shape[0]
-            attn.view(Bw // num_windows, num_windows, self.num_heads, N, N).add_(mask[None, :, None])
+            # In place, through the result rather than the view's side effect, which export (tracing) would drop.
+            attn = attn.view(Bw // num_windows, num_windows, self.num_heads, N, N).add_(mask[None, :, None])
+            attn = attn.view(Bw, self.num_heads, N, N)
         attn = self.attn_drop(attn.softmax(dim=-1))
         x = (attn @ v).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(x))
@@ -232,7 +233,8 @@ class SwinStage(nn.Module):
         shift_mask = None
         if self.shift_size and len(self.blocks) > 1:
             ws = self.window_size
-            Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
+            # Integer arithmetic: it stays symbolic when the sizes are traced (export).
+            Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws
             shift_mask = shifted_window_mask(Hp, Wp, ws, self.shift_size, x.device).to(x.dtype)
         for block in self.blocks:
             if self.use_checkpoint and self.training:

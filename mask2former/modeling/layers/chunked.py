@@ -14,8 +14,11 @@ CHUNK_TOKENS = 1024
 
 
 def inference_chunks(num_rows, device, rows_per_chunk=CHUNK_TOKENS):
-    """(start, end) row ranges to compute separately in CPU inference; None to compute all rows in one call."""
-    if torch.is_grad_enabled() or device.type != "cpu" or num_rows <= rows_per_chunk:
+    """
+    (start, end) row ranges to compute separately in CPU inference; None to compute all rows in one call (also while
+    tracing for export, where the ranges would be fixed to the traced size).
+    """
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or device.type != "cpu" or num_rows <= rows_per_chunk:
         return None
     return [(start, min(start + rows_per_chunk, num_rows)) for start in range(0, num_rows, rows_per_chunk)]
 

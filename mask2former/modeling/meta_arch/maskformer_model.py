@@ -1,20 +1,20 @@
 """The MaskFormer meta-architecture: backbone + MaskFormerHead, Hungarian-matched losses, and inference."""
+import functools
+import logging
 from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import BitMasks, ImageList
-from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
-from torch.nn import functional as F
 
+from ..cpu_features import native_bf16_matmul
 from ..criterion import SetCriterion
+from ..inference import InferenceSettings, maskformer_inference
 from ..matcher import HungarianMatcher
-from ..postprocessing import instance_inference, panoptic_inference, resize_to_output, semantic_inference
 
 
 @META_ARCH_REGISTRY.register()
@@ -116,29 +116,24 @@ class MaskFormer(nn.Module):
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
         )
 
-        test = mf.TEST
-        thing_classes = ()
-        if test.PANOPTIC_ON or test.INSTANCE_ON:
-            thing_classes = tuple(_thing_contiguous_ids(cfg, test.PANOPTIC_ON))
+        settings = InferenceSettings.from_config(cfg)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
             "criterion": criterion,
             "num_queries": mf.NUM_OBJECT_QUERIES,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "thing_classes": thing_classes,
+            "object_mask_threshold": settings.object_mask_threshold,
+            "overlap_threshold": settings.overlap_threshold,
+            "thing_classes": tuple(settings.thing_classes),
             "size_divisibility": mf.SIZE_DIVISIBILITY,
-            "sem_seg_postprocess_before_inference": (
-                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
-            ),
+            "sem_seg_postprocess_before_inference": settings.sem_seg_postprocess_before_inference,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "semantic_on": test.SEMANTIC_ON,
-            "instance_on": test.INSTANCE_ON,
-            "panoptic_on": test.PANOPTIC_ON,
-            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "autocast_dtype": _autocast_dtype(test.AUTOCAST_DTYPE),
+            "semantic_on": settings.semantic_on,
+            "instance_on": settings.instance_on,
+            "panoptic_on": settings.panoptic_on,
+            "test_topk_per_image": settings.test_topk_per_image,
+            "autocast_dtype": _autocast_dtype(mf.TEST.AUTOCAST_DTYPE),
         }
 
     @property
@@ -170,61 +165,41 @@ class MaskFormer(nn.Module):
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-        # No-ops in float32; the fast path's predictions go to post-processing in float32.
-        mask_cls_results = outputs["pred_logits"].float()
-        mask_pred_results = F.interpolate(
-            outputs["pred_masks"].float(), size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        output_sizes = [
+            (x.get("height", size[0]), x.get("width", size[1])) for x, size in zip(batched_inputs, images.image_sizes)
+        ]
+        return maskformer_inference(
+            outputs["pred_logits"],
+            outputs["pred_masks"],
+            images.tensor.shape[-2:],
+            images.image_sizes,
+            output_sizes,
+            self.inference_settings,
         )
-        del outputs
-        processed_results = []
-        for mask_cls, mask_pred, input_per_image, image_size in zip(
-            mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
-        ):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            processed_results.append(self.inference_single(mask_cls, mask_pred, image_size, height, width))
-        return processed_results
+
+    @property
+    def inference_settings(self):
+        """The post-processing settings, from the attributes (which callers may change after building)."""
+        return InferenceSettings(
+            num_classes=self.sem_seg_head.num_classes,
+            thing_classes=self.thing_classes,
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            semantic_on=self.semantic_on,
+            panoptic_on=self.panoptic_on,
+            instance_on=self.instance_on,
+            test_topk_per_image=self.test_topk_per_image,
+            sem_seg_postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+        )
 
     def _inference_autocast(self):
         """Autocast for the fast inference path; a no-op otherwise (it must not switch off a caller's autocast)."""
         if self.training or self.autocast_dtype is None:
             return nullcontext()
+        if self.device.type == "cpu" and self.autocast_dtype == torch.bfloat16 and not native_bf16_matmul():
+            _log_bf16_fallback()
+            return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def inference_single(self, mask_cls, mask_pred, image_size, height, width):
-        """Outputs of one image from its (Q, K+1) logits and (Q, Hp, Wp) mask logits at the padded input size."""
-        result = {}
-        if self.sem_seg_postprocess_before_inference:
-            mask_pred = retry_if_cuda_oom(resize_to_output)(mask_pred, image_size, height, width)
-            mask_cls = mask_cls.to(mask_pred)
-        # Shared by all outputs.
-        mask_prob = retry_if_cuda_oom(torch.sigmoid)(mask_pred)
-        if self.semantic_on:
-            sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred, mask_prob=mask_prob)
-            if not self.sem_seg_postprocess_before_inference:
-                sem_seg = retry_if_cuda_oom(resize_to_output)(sem_seg, image_size, height, width)
-            result["sem_seg"] = sem_seg
-        num_classes = self.sem_seg_head.num_classes
-        if self.panoptic_on:
-            result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
-                mask_cls,
-                mask_pred,
-                num_classes=num_classes,
-                thing_classes=self.thing_classes,
-                object_mask_threshold=self.object_mask_threshold,
-                overlap_threshold=self.overlap_threshold,
-                mask_prob=mask_prob,
-            )
-        if self.instance_on:
-            result["instances"] = retry_if_cuda_oom(instance_inference)(
-                mask_cls,
-                mask_pred,
-                num_classes=num_classes,
-                topk=self.test_topk_per_image,
-                thing_classes=self.thing_classes if self.panoptic_on else None,
-                mask_prob=mask_prob,
-            )
-        return result
 
     def prepare_targets(self, targets, images):
         """Per-image {"labels", "masks"} with the masks zero-padded to the batch's padded size."""
@@ -240,6 +215,15 @@ class MaskFormer(nn.Module):
         return new_targets
 
 
+@functools.lru_cache(maxsize=None)
+def _log_bf16_fallback():
+    """Said once per process."""
+    logging.getLogger(__name__).warning(
+        "MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16: this CPU has no bf16 matrix instructions (amx_bf16, "
+        "avx512_bf16), on which bfloat16 is slower than float32; running in float32"
+    )
+
+
 def _autocast_dtype(name):
     """MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE as a torch dtype ("" = off)."""
     dtypes = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -250,19 +234,3 @@ def _autocast_dtype(name):
         )
     return dtypes[name]
 
-
-def _thing_contiguous_ids(cfg, required):
-    """Contiguous ids of the thing classes of the training set's metadata (instance/panoptic outputs need them)."""
-    name = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
-    meta = MetadataCatalog.get(name) if name else None
-    mapping = getattr(meta, "thing_dataset_id_to_contiguous_id", None) if meta is not None else None
-    if mapping is None:
-        if required:
-            raise ValueError(
-                f"MODEL.MASK_FORMER.TEST.PANOPTIC_ON needs thing/stuff metadata, but DATASETS.TRAIN[0]={name!r} has "
-                "no 'thing_dataset_id_to_contiguous_id'; register the dataset (e.g. import mask2former) or set "
-                "DATASETS.TRAIN to a panoptic dataset"
-            )
-        # Instance outputs of a dataset without thing/stuff split: every class is a thing.
-        return range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    return mapping.values()

@@ -18,7 +18,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from ...ops.ms_deform_attn import ms_deform_attn
+from ...ops.ms_deform_attn import level_shapes, ms_deform_attn
 from ..layers import NUM_DECODER_FEATURE_LEVELS, PositionEmbeddingSine, apply_by_token_chunks
 
 
@@ -145,8 +145,8 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         points = []
         for lvl, (h, w) in enumerate(spatial_shapes):
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -156,8 +156,7 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         return reference_points[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask=None):
-        shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-        reference_points = self.get_reference_points(shapes, valid_ratios, src.device)
+        reference_points = self.get_reference_points(level_shapes(spatial_shapes), valid_ratios, src.device)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
@@ -206,7 +205,11 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             [pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, pos in enumerate(pos_embeds)],
             1,
         )
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
+        if torch.jit.is_tracing():
+            # Traced sizes are 0-dim tensors: stacking them keeps the graph valid for other input sizes.
+            spatial_shapes = torch.stack([torch.stack(shape) for shape in shapes]).to(src_flatten.device)
+        else:
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         # Images are zero-padded, not masked: every pixel is valid on every level.
         valid_ratios = torch.ones((n, len(srcs), 2), dtype=torch.float32, device=src_flatten.device)
@@ -334,12 +337,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory, spatial_shapes, _ = self.transformer(srcs, pos)
 
         n = memory.shape[0]
-        sizes = spatial_shapes.prod(1).tolist()
+        shapes = level_shapes(spatial_shapes)
         # Contiguous NCHW maps: the strided views of ``memory`` would make the FPN's resize produce a channels-last
         # map at 1/4 scale, which every later convolution would convert again.
         out = [
-            level.transpose(1, 2).reshape(n, -1, int(h), int(w)).contiguous()
-            for level, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist())
+            level.transpose(1, 2).reshape(n, -1, h, w).contiguous()
+            for level, (h, w) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
         ]
         for idx, name in enumerate(self.in_features[: self.num_fpn_levels][::-1]):
             lateral = self.lateral_convs[idx](features[name])

@@ -235,6 +235,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
+        if not self.training and mask_features.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU inference runs the decoder in float32: its attention multiplies transposed (strided) operands,
+            # which 16-bit CPU batched matmuls copy first (docs/benchmarks.md), and it is a small share of the work.
+            with torch.autocast("cpu", enabled=False):
+                return self._forward([feat.float() for feat in x], mask_features.float())
+        return self._forward(x, mask_features)
+
+    def _forward(self, x, mask_features):
+        """``forward`` in the dtypes it is given."""
         srcs, poss, sizes = [], [], []
         for i, feat in enumerate(x):
             sizes.append(feat.shape[-2:])
@@ -258,7 +267,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             if i > 0:
                 level = (i - 1) % self.num_feature_levels
                 # A query whose mask is empty at this level attends everywhere rather than nowhere.
-                attn_mask[attn_mask.all(-1)] = False
+                attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
                 output = self.transformer_cross_attention_layers[i - 1](
                     output, srcs[level], memory_mask=attn_mask, pos=poss[level], query_pos=query_embed
                 )

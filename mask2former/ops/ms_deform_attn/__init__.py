@@ -13,11 +13,12 @@ import torch
 from . import self_check
 from .function import MSDeformAttnFunction
 from .kernels import kernels_for
-from .reference import ms_deform_attn_reference
+from .reference import level_shapes, ms_deform_attn_reference
 
 __all__ = [
     "MSDeformAttnFunction",
     "kernels_for",
+    "level_shapes",
     "ms_deform_attn",
     "ms_deform_attn_reference",
     "reference_only",
@@ -101,11 +102,16 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
         (N, Lq, M * D) in the dtype of ``value``. Under ``torch.autocast`` an fp32 value is cast to the autocast
         dtype, like the inputs of a matmul (the kernels still sum in fp32).
     """
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if not torch.jit.is_tracing():
+        _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     device_type = value.device.type
     autocast = torch.is_autocast_enabled(device_type) and value.dtype == torch.float32
     dtype = torch.get_autocast_dtype(device_type) if autocast else value.dtype
-    kernels = None if _reference_only else self_check.checked(kernels_for(device_type), value.device, dtype)
+    # Tracing (export) records the reference: plain operators that ONNX Runtime and TorchScript run as they are.
+    if _reference_only or torch.jit.is_tracing():
+        kernels = None
+    else:
+        kernels = self_check.checked(kernels_for(device_type), value.device, dtype)
     if kernels is None:
         return ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     return MSDeformAttnFunction.apply(

@@ -3,6 +3,16 @@ import torch
 import torch.nn.functional as F
 
 
+def level_shapes(spatial_shapes):
+    """
+    The (H_l, W_l) of each level of an (L, 2) ``spatial_shapes``: Python ints, or, while tracing for export, 0-dim
+    tensors that keep the traced graph valid for other input sizes.
+    """
+    if torch.jit.is_tracing():
+        return [(spatial_shapes[lvl, 0], spatial_shapes[lvl, 1]) for lvl in range(spatial_shapes.shape[0])]
+    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+
+
 def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """
     Args:
@@ -17,13 +27,13 @@ def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_
     """
     n, _, m, d = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_levels = value.split(sizes, dim=1)
+    shapes = level_shapes(spatial_shapes)
+    value_levels = value.split([h * w for h, w in shapes], dim=1)
     # grid_sample works on [-1, 1] with align_corners=False: pixel centres at (i + 0.5) / W.
     grids = 2 * sampling_locations - 1
     sampled = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
-        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, int(h), int(w))
+    for lvl, (h, w) in enumerate(shapes):
+        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # (N*M, D, Lq, L, P) weighted over the last two dims
