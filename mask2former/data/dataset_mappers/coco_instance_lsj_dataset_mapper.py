@@ -1,6 +1,5 @@
 """Training inputs for COCO-format instance data with large-scale jitter ("coco_instance_lsj")."""
 import copy
-import logging
 
 import numpy as np
 import torch
@@ -9,15 +8,15 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import polygons_to_bitmask
 
+from .base import TrainingDatasetMapper
 from .coco_panoptic_lsj_dataset_mapper import build_lsj_augmentations
 from .mask_former_instance_dataset_mapper import transformed_annotations
 from .tensors import image_to_tensor, masks_to_tensor
-from .unreadable import TrainingFileReader
 
 __all__ = ["COCOInstanceLSJDatasetMapper"]
 
 
-class COCOInstanceLSJDatasetMapper:
+class COCOInstanceLSJDatasetMapper(TrainingDatasetMapper):
     """
     Maps an instance dataset dict (``file_name``, ``annotations`` with polygons; also COCO RLE or (H, W) array
     masks, which the original rejects) to a training input with the LSJ augmentations of
@@ -37,25 +36,14 @@ class COCOInstanceLSJDatasetMapper:
             image_format: INPUT.FORMAT of the image tensor.
             file_reader: a ``TrainingFileReader``; by default unreadable files stop training.
         """
-        if not is_train:
-            raise ValueError(f"{type(self).__name__} is for training only; evaluate with detectron2's DatasetMapper")
-        self.is_train = is_train
-        self.tfm_gens = tfm_gens
-        self.img_format = image_format
-        self.file_reader = file_reader or TrainingFileReader()
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {tfm_gens}")
+        super().__init__(is_train, tfm_gens, image_format, file_reader)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         return {
-            "is_train": is_train,
+            **cls.common_config(cfg, is_train),
             "tfm_gens": build_lsj_augmentations(cfg),
-            "image_format": cfg.INPUT.FORMAT,
-            "file_reader": TrainingFileReader.from_config(cfg),
         }
-
-    def __call__(self, dataset_dict):
-        return self.file_reader.map_or_skip(self.map, dataset_dict)
 
     def map(self, dataset_dict):
         """The training input of one dataset dict (unreadable files raise ``UnreadableFileError``)."""

@@ -1,6 +1,5 @@
 """Training inputs for COCO-format panoptic data with large-scale jitter (LSJ), as Mask2Former trains on COCO."""
 import copy
-import logging
 
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
@@ -8,9 +7,9 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks
 from panopticapi.utils import rgb2id
 
+from .base import TrainingDatasetMapper
 from .mask_former_panoptic_dataset_mapper import segment_targets
 from .tensors import image_to_tensor
-from .unreadable import TrainingFileReader
 
 __all__ = ["COCOPanopticLSJDatasetMapper", "COCOPanopticNewBaselineDatasetMapper", "build_lsj_augmentations"]
 
@@ -46,7 +45,7 @@ def build_lsj_augmentations(cfg):
     return augmentations
 
 
-class COCOPanopticLSJDatasetMapper:
+class COCOPanopticLSJDatasetMapper(TrainingDatasetMapper):
     """
     Maps a panoptic dataset dict (``file_name``, ``pan_seg_file_name``, ``segments_info``) to a training input:
     ``image``, a (C, S, S) uint8 tensor in INPUT.FORMAT, S = INPUT.IMAGE_SIZE, and ``instances`` with one target
@@ -69,27 +68,16 @@ class COCOPanopticLSJDatasetMapper:
             drop_empty_targets: see the class docstring.
             file_reader: a ``TrainingFileReader``; by default unreadable files stop training.
         """
-        if not is_train:
-            raise ValueError(f"{type(self).__name__} is for training only; evaluate with detectron2's DatasetMapper")
-        self.is_train = is_train
-        self.tfm_gens = tfm_gens
-        self.img_format = image_format
+        super().__init__(is_train, tfm_gens, image_format, file_reader)
         self.drop_empty_targets = drop_empty_targets
-        self.file_reader = file_reader or TrainingFileReader()
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {tfm_gens}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         return {
-            "is_train": is_train,
+            **cls.common_config(cfg, is_train),
             "tfm_gens": build_lsj_augmentations(cfg),
-            "image_format": cfg.INPUT.FORMAT,
             "drop_empty_targets": cfg.INPUT.LSJ_DROP_EMPTY_TARGETS,
-            "file_reader": TrainingFileReader.from_config(cfg),
         }
-
-    def __call__(self, dataset_dict):
-        return self.file_reader.map_or_skip(self.map, dataset_dict)
 
     def map(self, dataset_dict):
         """The training input of one dataset dict (unreadable files raise ``UnreadableFileError``)."""

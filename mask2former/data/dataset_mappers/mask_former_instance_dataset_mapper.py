@@ -1,6 +1,5 @@
 """Training inputs for instance segmentation with the MaskFormer augmentations ("mask_former_instance")."""
 import copy
-import logging
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -10,9 +9,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances, polygons_to_bitmask
 
+from .base import TrainingDatasetMapper
 from .mask_former_semantic_dataset_mapper import build_crop_augmentations
 from .tensors import image_to_tensor, masks_to_tensor, pad_to_divisibility
-from .unreadable import TrainingFileReader
 
 __all__ = ["MaskFormerInstanceDatasetMapper", "transformed_annotations"]
 
@@ -43,7 +42,7 @@ def _segmentation_to_mask(segmentation, height, width):
     )
 
 
-class MaskFormerInstanceDatasetMapper:
+class MaskFormerInstanceDatasetMapper(TrainingDatasetMapper):
     """
     Maps an instance dataset dict (``file_name``, ``annotations`` with ``segmentation``, ``bbox``, ``bbox_mode``)
     to a training input: ``image`` (C, H, W) uint8 and ``instances`` with one mask per non-crowd annotation
@@ -62,27 +61,16 @@ class MaskFormerInstanceDatasetMapper:
             size_divisibility: pad image and masks to a multiple of this (<= 0: no padding).
             file_reader: a ``TrainingFileReader``; by default unreadable files stop training.
         """
-        if not is_train:
-            raise ValueError(f"{type(self).__name__} is for training only; evaluate with detectron2's DatasetMapper")
-        self.is_train = is_train
-        self.tfm_gens = augmentations
-        self.img_format = image_format
+        super().__init__(is_train, augmentations, image_format, file_reader)
         self.size_divisibility = size_divisibility
-        self.file_reader = file_reader or TrainingFileReader()
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         return {
-            "is_train": is_train,
+            **cls.common_config(cfg, is_train),
             "augmentations": build_crop_augmentations(cfg, category_area_crop=False),
-            "image_format": cfg.INPUT.FORMAT,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "file_reader": TrainingFileReader.from_config(cfg),
         }
-
-    def __call__(self, dataset_dict):
-        return self.file_reader.map_or_skip(self.map, dataset_dict)
 
     def map(self, dataset_dict):
         """The training input of one dataset dict (unreadable files raise ``UnreadableFileError``)."""

@@ -1,6 +1,5 @@
-"""Training inputs for semantic segmentation (INPUT.DATASET_MAPPER_NAME "mask_former_semantic"): one target per class."""
+"""Training inputs for semantic segmentation ("mask_former_semantic"): one target per class present."""
 import copy
-import logging
 
 import numpy as np
 import torch
@@ -11,8 +10,8 @@ from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
 from detectron2.structures import Instances
 
+from .base import TrainingDatasetMapper
 from .tensors import image_to_tensor, masks_to_tensor, pad_to_divisibility
-from .unreadable import TrainingFileReader
 
 __all__ = ["MaskFormerSemanticDatasetMapper", "build_crop_augmentations", "train_ignore_label"]
 
@@ -64,7 +63,7 @@ def train_ignore_label(cfg):
     return meta.ignore_label
 
 
-class MaskFormerSemanticDatasetMapper:
+class MaskFormerSemanticDatasetMapper(TrainingDatasetMapper):
     """
     Maps a semantic-segmentation dataset dict (``file_name``, ``sem_seg_file_name``) to a training input:
     ``image`` (C, H, W) uint8 in INPUT.FORMAT, ``sem_seg`` (H, W) int64, and ``instances`` with one binary mask
@@ -87,29 +86,18 @@ class MaskFormerSemanticDatasetMapper:
             size_divisibility: pad image and labels to a multiple of this (<= 0: no padding).
             file_reader: a ``TrainingFileReader``; by default unreadable files stop training.
         """
-        if not is_train:
-            raise ValueError(f"{type(self).__name__} is for training only; evaluate with detectron2's DatasetMapper")
-        self.is_train = is_train
-        self.tfm_gens = augmentations
-        self.img_format = image_format
+        super().__init__(is_train, augmentations, image_format, file_reader)
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
-        self.file_reader = file_reader or TrainingFileReader()
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         return {
-            "is_train": is_train,
+            **cls.common_config(cfg, is_train),
             "augmentations": build_crop_augmentations(cfg, category_area_crop=True),
-            "image_format": cfg.INPUT.FORMAT,
             "ignore_label": train_ignore_label(cfg),
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-            "file_reader": TrainingFileReader.from_config(cfg),
         }
-
-    def __call__(self, dataset_dict):
-        return self.file_reader.map_or_skip(self.map, dataset_dict)
 
     def read_image_and_sem_seg(self, dataset_dict):
         """The image, and the label map as float64 (resizing has no integer path for uint16) or None."""
