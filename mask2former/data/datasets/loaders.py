@@ -5,6 +5,7 @@ semantic and panoptic layouts that ADE20K and Mapillary Vistas use.
 """
 import json
 import os
+from functools import partial
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -50,6 +51,31 @@ def load_sem_seg_checked(gt_root, image_root, *, gt_ext, image_ext, how_to_prepa
     """detectron2's ``load_sem_seg`` (images matched to label files by name), after checking both folders exist."""
     require_paths([image_root, gt_root], how_to_prepare)
     return load_sem_seg(gt_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
+
+
+def register_sem_seg_folders(
+    name, image_root, sem_seg_root, metadata, *, ignore_label, how_to_prepare, gt_ext="png", image_ext="jpg"
+):
+    """
+    Register ``name``: the images of ``image_root`` with the label maps of the same name in ``sem_seg_root``,
+    evaluated as semantic segmentation (``evaluator_type`` "sem_seg"); ``metadata`` holds the class names.
+    """
+    register_replacing(
+        name,
+        partial(
+            load_sem_seg_checked,
+            sem_seg_root,
+            image_root,
+            gt_ext=gt_ext,
+            image_ext=image_ext,
+            how_to_prepare=how_to_prepare,
+        ),
+        image_root=image_root,
+        sem_seg_root=sem_seg_root,
+        evaluator_type="sem_seg",
+        ignore_label=ignore_label,
+        **metadata,
+    )
 
 
 def load_panoptic_annotations(panoptic_json, image_root, panoptic_root, sem_seg_root, metadata, *, how_to_prepare):

@@ -7,10 +7,9 @@ Layout under ``$DETECTRON2_DATASETS/ADE20K_2021_17_01``: ``images_detectron2/{tr
 ``datasets/prepare_ade20k_full_sem_seg.py``. Registration only records paths.
 """
 import os
-from functools import partial
 
 from .categories import ade20k_full_metadata
-from .loaders import datasets_root, load_sem_seg_checked, register_replacing
+from .loaders import datasets_root, register_sem_seg_folders
 from .register_ade20k_sem_seg import ADE20K_SPLITS
 
 __all__ = ["register_all_ade20k_full"]
@@ -27,21 +26,14 @@ def register_all_ade20k_full(root):
     for split, dirname in ADE20K_SPLITS.items():
         image_root = os.path.join(full_root, "images_detectron2", dirname)
         sem_seg_root = os.path.join(full_root, "annotations_detectron2", dirname)
-        register_replacing(
+        register_sem_seg_folders(
             f"ade20k_full_sem_seg_{split}",
-            partial(
-                load_sem_seg_checked,
-                sem_seg_root,
-                image_root,
-                gt_ext="tif",
-                image_ext="jpg",
-                how_to_prepare=how_to_prepare,
-            ),
-            image_root=image_root,
-            sem_seg_root=sem_seg_root,
-            evaluator_type="sem_seg",
+            image_root,
+            sem_seg_root,
+            ade20k_full_metadata(),
             ignore_label=65535,
-            **ade20k_full_metadata(),
+            how_to_prepare=how_to_prepare,
+            gt_ext="tif",
         )
 
 

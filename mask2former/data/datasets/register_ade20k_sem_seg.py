@@ -7,10 +7,9 @@ Layout under ``$DETECTRON2_DATASETS/ADEChallengeData2016``: ``images/{training,v
 ``datasets/prepare_ade20k_sem_seg.py``. Registration only records paths.
 """
 import os
-from functools import partial
 
 from .categories import ade20k_sem_seg_metadata
-from .loaders import datasets_root, load_sem_seg_checked, register_replacing
+from .loaders import datasets_root, register_sem_seg_folders
 
 __all__ = ["ade20k_how_to_prepare", "register_all_ade20k_sem_seg"]
 
@@ -34,21 +33,13 @@ def register_all_ade20k_sem_seg(root):
     for split, dirname in ADE20K_SPLITS.items():
         image_root = os.path.join(ade_root, "images", dirname)
         sem_seg_root = os.path.join(ade_root, "annotations_detectron2", dirname)
-        register_replacing(
+        register_sem_seg_folders(
             f"ade20k_sem_seg_{split}",
-            partial(
-                load_sem_seg_checked,
-                sem_seg_root,
-                image_root,
-                gt_ext="png",
-                image_ext="jpg",
-                how_to_prepare=how_to_prepare,
-            ),
-            image_root=image_root,
-            sem_seg_root=sem_seg_root,
-            evaluator_type="sem_seg",
+            image_root,
+            sem_seg_root,
+            ade20k_sem_seg_metadata(),
             ignore_label=255,
-            **ade20k_sem_seg_metadata(),
+            how_to_prepare=how_to_prepare,
         )
 
 

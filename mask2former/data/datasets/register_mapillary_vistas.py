@@ -7,10 +7,9 @@ Layout under ``$DETECTRON2_DATASETS/mapillary_vistas``: ``{training,validation}/
 the layout and links the v1.2 folders of a v2.0 download into place). Registration only records paths.
 """
 import os
-from functools import partial
 
 from .categories import mapillary_vistas_sem_seg_metadata
-from .loaders import datasets_root, load_sem_seg_checked, register_replacing
+from .loaders import datasets_root, register_sem_seg_folders
 
 __all__ = ["MAPILLARY_IGNORE_LABEL", "MAPILLARY_SPLITS", "mapillary_how_to_prepare", "register_all_mapillary_vistas"]
 
@@ -34,21 +33,13 @@ def register_all_mapillary_vistas(root):
     for split, dirname in MAPILLARY_SPLITS.items():
         image_root = os.path.join(vistas_root, dirname, "images")
         sem_seg_root = os.path.join(vistas_root, dirname, "labels")
-        register_replacing(
+        register_sem_seg_folders(
             f"mapillary_vistas_sem_seg_{split}",
-            partial(
-                load_sem_seg_checked,
-                sem_seg_root,
-                image_root,
-                gt_ext="png",
-                image_ext="jpg",
-                how_to_prepare=how_to_prepare,
-            ),
-            image_root=image_root,
-            sem_seg_root=sem_seg_root,
-            evaluator_type="sem_seg",
+            image_root,
+            sem_seg_root,
+            mapillary_vistas_sem_seg_metadata(),
             ignore_label=MAPILLARY_IGNORE_LABEL,
-            **mapillary_vistas_sem_seg_metadata(),
+            how_to_prepare=how_to_prepare,
         )
 
 
