@@ -107,3 +107,13 @@ def add_maskformer2_config(cfg):
     sw.PATCH_NORM = True
     sw.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     sw.USE_CHECKPOINT = False
+
+    # Not in the original: training data.
+    # coco_panoptic_lsj: True drops the segments a crop leaves out of the targets and skips images without any
+    # non-crowd segment; False (the original's behaviour) keeps them as empty masks / pure negatives.
+    cfg.INPUT.LSJ_DROP_EMPTY_TARGETS = False
+    # True: a training sample whose image or label file cannot be read is skipped with a warning (counted in
+    # metrics.json as data/unreadable_files_skipped) instead of stopping training; training still stops once more
+    # than MAX_UNREADABLE_SAMPLES distinct files were skipped.
+    cfg.DATALOADER.SKIP_UNREADABLE_SAMPLES = False
+    cfg.DATALOADER.MAX_UNREADABLE_SAMPLES = 100

@@ -18,11 +18,11 @@ SEGMENTS = [
 ]
 
 
-def _mapper(size=64, min_scale=0.5, max_scale=2.0, flip="horizontal"):
+def _mapper(size=64, min_scale=0.5, max_scale=2.0, flip="horizontal", drop_empty=False):
     cfg = make_cfg(
         R50,
         [f"INPUT.IMAGE_SIZE {size}", f"INPUT.MIN_SCALE {min_scale}", f"INPUT.MAX_SCALE {max_scale}"]
-        + [f"INPUT.RANDOM_FLIP {flip}"],
+        + [f"INPUT.RANDOM_FLIP {flip}", f"INPUT.LSJ_DROP_EMPTY_TARGETS {drop_empty}"],
     )
     return build_train_mapper(cfg)
 
@@ -77,8 +77,7 @@ def test_output_shapes_and_targets(dataset_dict):
         assert instances.gt_masks.dtype == torch.bool and instances.gt_masks.shape[1:] == (64, 64)
         assert instances.gt_classes.dtype == torch.int64
         assert len(instances.gt_boxes) == len(instances.gt_classes) == len(instances.gt_masks)
-        assert 2 not in instances.gt_classes.tolist(), "the crowd segment must not be a target"
-        assert instances.gt_masks.flatten(1).any(1).all(), "only visible segments are targets"
+        assert instances.gt_classes.tolist() == [0, 0, 7], "every non-crowd segment, in order; the crowd one not"
         # Segments do not overlap.
         assert instances.gt_masks.sum(0).max() <= 1
         _check_alignment(out)
@@ -147,22 +146,51 @@ def test_horizontal_flip_moves_image_and_masks_together(dataset_dict):
     assert flipped and kept
 
 
-def test_images_without_segments_are_skipped_and_empty_crops_kept(dataset_dict):
+def test_segments_out_of_the_crop_and_images_without_segments_are_kept(dataset_dict):
+    """As in the original: a segment the crop misses is an empty target; a crowd-only image has no targets."""
     mapper = _mapper()
+    crowd_only = dict(dataset_dict, segments_info=[s for s in dataset_dict["segments_info"] if s["iscrowd"]])
+    for info in (crowd_only["segments_info"], []):
+        out = mapper(dict(dataset_dict, segments_info=info))
+        assert out["image"].shape == (3, 64, 64)
+        assert out["instances"].gt_masks.shape == (0, 64, 64) and len(out["instances"].gt_classes) == 0
+        assert out["instances"].gt_boxes.tensor.shape == (0, 4)
+    # A segment id absent from the PNG stands for a segment that the crop left out.
+    absent = dict(dataset_dict, segments_info=[{"id": 12345, "category_id": 3, "iscrowd": 0, "isthing": True}])
+    out = mapper(absent)
+    assert out["instances"].gt_classes.tolist() == [3]
+    assert out["instances"].gt_masks.shape == (1, 64, 64) and not out["instances"].gt_masks.any()
+    assert out["instances"].gt_boxes.tensor.tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
+
+def test_drop_empty_targets_option(dataset_dict):
+    """INPUT.LSJ_DROP_EMPTY_TARGETS: segments out of view are no targets, crowd-only images are skipped."""
+    mapper = _mapper(drop_empty=True)
     crowd_only = dict(dataset_dict, segments_info=[s for s in dataset_dict["segments_info"] if s["iscrowd"]])
     assert mapper(crowd_only) is None
     assert mapper(dict(dataset_dict, segments_info=[])) is None
-    # A crop can miss every segment: the image still trains "no object" for all queries.
-    only_crowd_region = dict(
-        dataset_dict, segments_info=[{"id": 12345, "category_id": 3, "iscrowd": 0, "isthing": True}]
-    )
-    out = mapper(only_crowd_region)
+    absent = dict(dataset_dict, segments_info=[{"id": 12345, "category_id": 3, "iscrowd": 0, "isthing": True}])
+    out = mapper(absent)
     assert out["instances"].gt_masks.shape == (0, 64, 64) and len(out["instances"].gt_classes) == 0
+    # Upscaled 4x, crops often miss a segment: with the same draws, the option keeps just the visible targets.
+    keep_all, drop = _mapper(min_scale=4.0, max_scale=4.0), _mapper(min_scale=4.0, max_scale=4.0, drop_empty=True)
+    dropped = 0
+    for seed in range(8):
+        np.random.seed(seed)
+        full = keep_all(dataset_dict)["instances"]
+        np.random.seed(seed)
+        kept = drop(dataset_dict)["instances"]
+        visible = full.gt_masks.flatten(1).any(1)
+        dropped += int((~visible).sum())
+        assert kept.gt_classes.tolist() == full.gt_classes[visible].tolist()
+        assert torch.equal(kept.gt_masks, full.gt_masks[visible])
+        assert torch.equal(kept.gt_boxes.tensor, full.gt_boxes.tensor[visible])
+    assert dropped > 0
 
 
 def test_configuration_errors_are_explained():
-    with pytest.raises(ValueError, match="INPUT.DATASET_MAPPER_NAME='mask_former_semantic' is not available"):
-        build_train_mapper(make_cfg(R50, ["INPUT.DATASET_MAPPER_NAME mask_former_semantic"]))
+    with pytest.raises(ValueError, match="INPUT.DATASET_MAPPER_NAME='detr_panoptic' is not a training mapper"):
+        build_train_mapper(make_cfg(R50, ["INPUT.DATASET_MAPPER_NAME detr_panoptic"]))
     with pytest.raises(ValueError, match="training only"):
         COCOPanopticLSJDatasetMapper(make_cfg(R50), is_train=False)
     with pytest.raises(ValueError, match="MIN_SCALE <= MAX_SCALE"):

@@ -186,8 +186,8 @@ def test_train_loader_uses_the_lsj_mapper(toy_dataset):
     assert len(batch) == 2
     for item in batch:
         assert item["image"].shape == (3, 64, 64) and item["instances"].gt_masks.shape[1:] == (64, 64)
-    cfg = make_cfg(R50, TINY + ["INPUT.DATASET_MAPPER_NAME mask_former_panoptic"])
-    with pytest.raises(ValueError, match="'mask_former_panoptic' is not available"):
+    cfg = make_cfg(R50, TINY + ["INPUT.DATASET_MAPPER_NAME detr_panoptic"])
+    with pytest.raises(ValueError, match="'detr_panoptic' is not a training mapper"):
         Trainer.build_train_loader(cfg)
 
 

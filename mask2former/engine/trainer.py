@@ -20,6 +20,7 @@ from torch import nn
 
 from ..checkpoint import SafeCheckpointer
 from ..data import build_train_mapper
+from ..data.dataset_mappers import SkippedFileCounter
 from ..evaluation import build_evaluator
 from .hooks import NonFiniteLossCheck
 
@@ -138,7 +139,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        """
+        detectron2's loader with the mapper named by INPUT.DATASET_MAPPER_NAME; with
+        DATALOADER.SKIP_UNREADABLE_SAMPLES it also counts the skipped files (see ``SkippedFileCounter``).
+        """
+        loader = build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        if cfg.DATALOADER.SKIP_UNREADABLE_SAMPLES:
+            loader = SkippedFileCounter(loader, cfg.DATALOADER.MAX_UNREADABLE_SAMPLES)
+        return loader
 
     @classmethod
     def build_optimizer(cls, cfg, model):

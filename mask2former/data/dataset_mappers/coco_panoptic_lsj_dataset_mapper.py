@@ -2,15 +2,17 @@
 import copy
 import logging
 
-import numpy as np
-import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks
 from panopticapi.utils import rgb2id
 
-__all__ = ["COCOPanopticLSJDatasetMapper", "build_lsj_augmentations"]
+from .mask_former_panoptic_dataset_mapper import segment_targets
+from .tensors import image_to_tensor
+from .unreadable import TrainingFileReader
+
+__all__ = ["COCOPanopticLSJDatasetMapper", "COCOPanopticNewBaselineDatasetMapper", "build_lsj_augmentations"]
 
 # Value of padded pixels in the panoptic PNG: black, i.e. segment id 0, which COCO panoptic reserves for "void".
 _VOID_RGB = 0
@@ -47,73 +49,72 @@ def build_lsj_augmentations(cfg):
 class COCOPanopticLSJDatasetMapper:
     """
     Maps a panoptic dataset dict (``file_name``, ``pan_seg_file_name``, ``segments_info``) to a training input:
-    ``image``, a (C, S, S) uint8 tensor in INPUT.FORMAT, S = INPUT.IMAGE_SIZE, and ``instances`` with one
-    binary mask per visible segment (``gt_masks`` (n, S, S) bool, ``gt_classes`` contiguous ids, ``gt_boxes``).
+    ``image``, a (C, S, S) uint8 tensor in INPUT.FORMAT, S = INPUT.IMAGE_SIZE, and ``instances`` with one target
+    per non-crowd segment, in the order of ``segments_info`` (``gt_classes`` contiguous ids, ``gt_masks``
+    (n, S, S) bool, ``gt_boxes``). A segment the crop leaves out keeps an empty mask, and an image without
+    non-crowd segments trains "no object" for every query, as in the original.
 
-    Crowd segments are not targets. An image without any non-crowd segment is skipped (``None``: detectron2's
-    loader then draws another one); a crop that shows none of its segments gives an image with empty targets.
+    With ``drop_empty_targets`` (INPUT.LSJ_DROP_EMPTY_TARGETS) segments the crop leaves out are no targets, and
+    images without any non-crowd segment are skipped (``None``: detectron2's loader then draws another one).
     Training only: evaluation uses detectron2's ``DatasetMapper``.
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format):
+    def __init__(self, is_train=True, *, tfm_gens, image_format, drop_empty_targets=False, file_reader=None):
         """
         Args:
             is_train: must be True.
-            augmentations: applied to the image and the panoptic PNG alike.
+            tfm_gens: augmentations, applied to the image and the panoptic PNG alike.
             image_format: INPUT.FORMAT of the image tensor.
+            drop_empty_targets: see the class docstring.
+            file_reader: a ``TrainingFileReader``; by default unreadable files stop training.
         """
         if not is_train:
-            raise ValueError(
-                "COCOPanopticLSJDatasetMapper is for training only; evaluate with detectron2's DatasetMapper"
-            )
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
+            raise ValueError(f"{type(self).__name__} is for training only; evaluate with detectron2's DatasetMapper")
+        self.is_train = is_train
+        self.tfm_gens = tfm_gens
+        self.img_format = image_format
+        self.drop_empty_targets = drop_empty_targets
+        self.file_reader = file_reader or TrainingFileReader()
+        logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {tfm_gens}")
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
         return {
             "is_train": is_train,
-            "augmentations": build_lsj_augmentations(cfg),
+            "tfm_gens": build_lsj_augmentations(cfg),
             "image_format": cfg.INPUT.FORMAT,
+            "drop_empty_targets": cfg.INPUT.LSJ_DROP_EMPTY_TARGETS,
+            "file_reader": TrainingFileReader.from_config(cfg),
         }
 
     def __call__(self, dataset_dict):
-        segments = [s for s in dataset_dict["segments_info"] if not s.get("iscrowd", 0)]
-        if not segments:
+        return self.file_reader.map_or_skip(self.map, dataset_dict)
+
+    def map(self, dataset_dict):
+        """The training input of one dataset dict (unreadable files raise ``UnreadableFileError``)."""
+        if self.drop_empty_targets and all(s.get("iscrowd", 0) for s in dataset_dict["segments_info"]):
             return None
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = self.file_reader.read_image(dataset_dict["file_name"], format=self.img_format)
         utils.check_image_size(dataset_dict, image)
-        pan_seg = utils.read_image(dataset_dict["pan_seg_file_name"], format="RGB")
+        pan_seg = self.file_reader.read_image(dataset_dict.pop("pan_seg_file_name"), format="RGB")
         if pan_seg.shape[:2] != image.shape[:2]:
             raise ValueError(
-                f"panoptic PNG {dataset_dict['pan_seg_file_name']} is {pan_seg.shape[1]}x{pan_seg.shape[0]} but "
-                f"image {dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]}"
+                f"the panoptic PNG of {dataset_dict['file_name']} is {pan_seg.shape[1]}x{pan_seg.shape[0]} but the "
+                f"image is {image.shape[1]}x{image.shape[0]}"
             )
-
-        aug_input = T.AugInput(image, sem_seg=pan_seg)
-        self.augmentations(aug_input)
-        image = aug_input.image
+        image, transforms = T.apply_transform_gens(self.tfm_gens, image)
+        dataset_dict["image"] = image_to_tensor(image)
         # Nearest-neighbour resizing of the RGB-encoded ids keeps every pixel's id exact.
-        segment_ids = rgb2id(aug_input.sem_seg)
-
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        dataset_dict["instances"] = self.targets(segment_ids, segments)
+        segment_ids = rgb2id(transforms.apply_segmentation(pan_seg))
+        instances = segment_targets(segment_ids, dataset_dict["segments_info"])
+        if self.drop_empty_targets:
+            instances = instances[instances.gt_masks.flatten(1).any(1)]
+        instances.gt_boxes = BitMasks(instances.gt_masks).get_bounding_boxes()
+        dataset_dict["instances"] = instances
         return dataset_dict
 
-    @staticmethod
-    def targets(segment_ids, segments):
-        """Instances of the segments visible in the (H, W) id map."""
-        instances = Instances(segment_ids.shape)
-        masks = [segment_ids == s["id"] for s in segments]
-        keep = [i for i, m in enumerate(masks) if m.any()]
-        instances.gt_classes = torch.tensor([segments[i]["category_id"] for i in keep], dtype=torch.int64)
-        if keep:
-            gt_masks = BitMasks(torch.stack([torch.from_numpy(np.ascontiguousarray(masks[i])) for i in keep]))
-        else:
-            gt_masks = BitMasks(torch.zeros((0, *segment_ids.shape), dtype=torch.bool))
-        instances.gt_masks = gt_masks.tensor
-        instances.gt_boxes = gt_masks.get_bounding_boxes()
-        return instances
+
+# The original's name of this mapper.
+COCOPanopticNewBaselineDatasetMapper = COCOPanopticLSJDatasetMapper
