@@ -47,7 +47,10 @@ def test_main_job_panoptic_by_default(tmp_path):
 
 @pytest.mark.parametrize(
     "task, metrics, absent",
-    [("semantic", ("mIoU", "fwIoU", "mACC", "pACC"), ("PQ", "AP")), ("instance", ("AP", "AP50", "AP75"), ("PQ", "mIoU"))],
+    [
+        ("semantic", ("mIoU", "fwIoU", "mACC", "pACC"), ("PQ", "AP")),
+        ("instance", ("AP", "AP50", "AP75"), ("PQ", "mIoU")),
+    ],
 )
 def test_main_job_other_tasks(tmp_path, task, metrics, absent):
     run, report = run_main_job(tmp_path, task)
