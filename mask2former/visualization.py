@@ -92,11 +92,19 @@ def draw_prediction(rgb, outputs, metadata, mode="panoptic", score_threshold=0.5
     return out.get_image()
 
 
-def draw_panoptic_ground_truth(rgb, dataset_dict, metadata):
-    """The panoptic annotation of a detectron2 dataset dict (``pan_seg_file_name``, ``segments_info``) drawn."""
-    ids = rgb2id(np.asarray(Image.open(dataset_dict["pan_seg_file_name"]).convert("RGB")))
-    out = _visualizer(rgb, metadata).draw_panoptic_seg(torch.as_tensor(ids), dataset_dict["segments_info"])
-    return out.get_image()
+def draw_ground_truth(rgb, dataset_dict, metadata):
+    """
+    The annotation of a detectron2 dataset dict drawn: panoptic (``pan_seg_file_name``, ``segments_info``), else
+    semantic (``sem_seg_file_name``), else instances (``annotations``).
+    """
+    vis = _visualizer(rgb, metadata)
+    if "pan_seg_file_name" in dataset_dict:
+        ids = rgb2id(np.asarray(Image.open(dataset_dict["pan_seg_file_name"]).convert("RGB")))
+        return vis.draw_panoptic_seg(torch.as_tensor(ids), dataset_dict["segments_info"]).get_image()
+    if "sem_seg_file_name" in dataset_dict:
+        with Image.open(dataset_dict["sem_seg_file_name"]) as label:
+            return vis.draw_sem_seg(np.asarray(label)).get_image()
+    return vis.draw_dataset_dict({"annotations": dataset_dict.get("annotations", [])}).get_image()
 
 
 def metadata_of(cfg):

@@ -91,6 +91,12 @@ def test_dataset_dicts(coco_root):
     with pytest.raises(FileNotFoundError, match="panoptic_semseg_val2017 does not exist.*prepare_coco_semantic"):
         DatasetCatalog.get("coco_2017_val_panoptic_with_sem_seg")
     (coco_root / "coco/panoptic_semseg_val2017").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"panoptic_semseg_val2017/000000000001\.png \(image 1 of"):
+        DatasetCatalog.get("coco_2017_val_panoptic_with_sem_seg")
+    for image_id in (1, 2):
+        Image.fromarray(np.zeros((24, 32), dtype=np.uint8)).save(
+            coco_root / f"coco/panoptic_semseg_val2017/{image_id:012d}.png"
+        )
     dicts = DatasetCatalog.get("coco_2017_val_panoptic_with_sem_seg")
     assert [d["image_id"] for d in dicts] == [1, 2]
     first = dicts[0]

@@ -9,6 +9,7 @@ from .dataset_mappers import (
     MaskFormerSemanticDatasetMapper,
     build_train_mapper,
 )
+from .datasets import register_instance_dataset, register_panoptic_annos_sem_seg, register_semantic_dataset
 
 __all__ = [
     "COCOInstanceNewBaselineDatasetMapper",
@@ -18,4 +19,7 @@ __all__ = [
     "MaskFormerPanopticDatasetMapper",
     "MaskFormerSemanticDatasetMapper",
     "build_train_mapper",
+    "register_instance_dataset",
+    "register_panoptic_annos_sem_seg",
+    "register_semantic_dataset",
 ]

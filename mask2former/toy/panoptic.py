@@ -11,6 +11,9 @@ checkerboard, speckle) in shades of its own hue. Layout under ``root``, as COCO'
     panoptic_semseg_{train,val}/NNNNNN.png      contiguous class ids over all classes, 255 = ignore
     annotations/instances_{train,val}.json      COCO instance annotations of the thing classes (RLE)
 
+The same images serve the three tasks: panoptic (the COCO panoptic files), semantic (the image folder and the
+semantic PNG folder, ADE20K-style) and instance (the COCO instance json); see ``register_toy_panoptic``.
+
 Each image is drawn from its own random stream, ``numpy.random.default_rng((seed, split, index))``, so the
 dataset is a pure function of the seed.
 """

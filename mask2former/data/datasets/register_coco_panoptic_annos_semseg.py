@@ -75,7 +75,7 @@ def load_panoptic_json(
     ``pan_seg_file_name``, ``segments_info`` (contiguous ``category_id`` and ``isthing``), and, when
     ``sem_seg_root`` is given, ``sem_seg_file_name`` (the PNG with the panoptic PNG's name).
     A missing file or folder raises ``FileNotFoundError`` naming it, an unreadable json ``ValueError`` naming it,
-    both followed by ``how_to_prepare``.
+    both followed by ``how_to_prepare``; a segment whose category is not in ``metadata`` raises ``ValueError``.
     """
     required = [panoptic_json, image_root, panoptic_root] + ([sem_seg_root] if sem_seg_root else [])
     for path in required:
@@ -85,9 +85,18 @@ def load_panoptic_json(
         dicts = load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata)
     except json.JSONDecodeError as e:
         raise ValueError(f"{panoptic_json} is not valid JSON ({e}): {how_to_prepare}") from e
-    if sem_seg_root:
-        for d in dicts:
+    except KeyError as e:
+        raise ValueError(
+            f"{panoptic_json} has a segment of category_id {e.args[0]}, which is not among the dataset's "
+            "categories (thing_/stuff_dataset_id_to_contiguous_id of the metadata): add it to the metadata's classes "
+            "or fix the annotation"
+        ) from e
+    for d in dicts:
+        if sem_seg_root:
             d["sem_seg_file_name"] = os.path.join(sem_seg_root, os.path.basename(d["pan_seg_file_name"]))
+        for key in ("file_name", "pan_seg_file_name", "sem_seg_file_name"):
+            if key in d and not os.path.isfile(d[key]):
+                raise FileNotFoundError(f"{d[key]} (image {d['image_id']} of {panoptic_json}) does not exist")
     return dicts
 
 
