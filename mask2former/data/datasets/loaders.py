@@ -119,3 +119,43 @@ def load_panoptic_annotations(panoptic_json, image_root, panoptic_root, sem_seg_
     if not dicts:
         raise ValueError(f"{panoptic_json} lists no image: {how_to_prepare}")
     return dicts
+
+
+def register_panoptic_folders(
+    name,
+    metadata,
+    *,
+    image_root,
+    panoptic_root,
+    panoptic_json,
+    sem_seg_root,
+    json_file,
+    evaluator_type,
+    ignore_label,
+    how_to_prepare,
+):
+    """
+    Register ``name``: a COCO-format panoptic dataset whose image ids are names (``load_panoptic_annotations``),
+    with the semantic PNGs of ``sem_seg_root``, the instance json ``json_file`` (mask AP; None: none) and
+    ``metadata`` (the classes), evaluated as ``evaluator_type``.
+    """
+    register_replacing(
+        name,
+        partial(
+            load_panoptic_annotations,
+            panoptic_json,
+            image_root,
+            panoptic_root,
+            sem_seg_root,
+            metadata,
+            how_to_prepare=how_to_prepare,
+        ),
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        json_file=json_file,
+        evaluator_type=evaluator_type,
+        ignore_label=ignore_label,
+        label_divisor=1000,
+        **metadata,
+    )

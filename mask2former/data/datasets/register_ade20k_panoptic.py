@@ -9,10 +9,9 @@ the semantic PNGs ``annotations_detectron2/`` (``datasets/prepare_ade20k_sem_seg
 ``ade20k_instance_{train,val}.json`` (``datasets/prepare_ade20k_ins_seg.py``). Registration only records paths.
 """
 import os
-from functools import partial
 
 from .categories import ade20k_panoptic_metadata
-from .loaders import datasets_root, load_panoptic_annotations, register_replacing
+from .loaders import datasets_root, register_panoptic_folders
 from .register_ade20k_sem_seg import ADE20K_SPLITS, ade20k_how_to_prepare
 
 __all__ = ["register_all_ade20k_panoptic"]
@@ -26,29 +25,17 @@ def register_all_ade20k_panoptic(root):
     )
     metadata = ade20k_panoptic_metadata()
     for split, dirname in ADE20K_SPLITS.items():
-        paths = {
-            "image_root": os.path.join(ade_root, "images", dirname),
-            "panoptic_root": os.path.join(ade_root, f"ade20k_panoptic_{split}"),
-            "panoptic_json": os.path.join(ade_root, f"ade20k_panoptic_{split}.json"),
-        }
-        sem_seg_root = os.path.join(ade_root, "annotations_detectron2", dirname)
-        register_replacing(
+        register_panoptic_folders(
             f"ade20k_panoptic_{split}",
-            partial(
-                load_panoptic_annotations,
-                paths["panoptic_json"],
-                paths["image_root"],
-                paths["panoptic_root"],
-                sem_seg_root,
-                metadata,
-                how_to_prepare=how_to_prepare,
-            ),
+            metadata,
+            image_root=os.path.join(ade_root, "images", dirname),
+            panoptic_root=os.path.join(ade_root, f"ade20k_panoptic_{split}"),
+            panoptic_json=os.path.join(ade_root, f"ade20k_panoptic_{split}.json"),
+            sem_seg_root=os.path.join(ade_root, "annotations_detectron2", dirname),
             json_file=os.path.join(ade_root, f"ade20k_instance_{split}.json"),
             evaluator_type="ade20k_panoptic_seg",
             ignore_label=255,
-            label_divisor=1000,
-            **paths,
-            **metadata,
+            how_to_prepare=how_to_prepare,
         )
 
 

@@ -6,10 +6,9 @@ Layout under ``$DETECTRON2_DATASETS/mapillary_vistas/{training,validation}``: ``
 and ``panoptic_2018.json`` in ``panoptic/``, and the semantic ``labels/*.png``. Registration only records paths.
 """
 import os
-from functools import partial
 
 from .categories import mapillary_vistas_panoptic_metadata
-from .loaders import datasets_root, load_panoptic_annotations, register_replacing
+from .loaders import datasets_root, register_panoptic_folders
 from .register_mapillary_vistas import MAPILLARY_IGNORE_LABEL, MAPILLARY_SPLITS, mapillary_how_to_prepare
 
 __all__ = ["register_all_mapillary_vistas_panoptic"]
@@ -21,29 +20,17 @@ def register_all_mapillary_vistas_panoptic(root):
     how_to_prepare = mapillary_how_to_prepare(vistas_root)
     metadata = mapillary_vistas_panoptic_metadata()
     for split, dirname in MAPILLARY_SPLITS.items():
-        paths = {
-            "image_root": os.path.join(vistas_root, dirname, "images"),
-            "panoptic_root": os.path.join(vistas_root, dirname, "panoptic"),
-            "panoptic_json": os.path.join(vistas_root, dirname, "panoptic", "panoptic_2018.json"),
-        }
-        sem_seg_root = os.path.join(vistas_root, dirname, "labels")
-        register_replacing(
+        register_panoptic_folders(
             f"mapillary_vistas_panoptic_{split}",
-            partial(
-                load_panoptic_annotations,
-                paths["panoptic_json"],
-                paths["image_root"],
-                paths["panoptic_root"],
-                sem_seg_root,
-                metadata,
-                how_to_prepare=how_to_prepare,
-            ),
+            metadata,
+            image_root=os.path.join(vistas_root, dirname, "images"),
+            panoptic_root=os.path.join(vistas_root, dirname, "panoptic"),
+            panoptic_json=os.path.join(vistas_root, dirname, "panoptic", "panoptic_2018.json"),
+            sem_seg_root=os.path.join(vistas_root, dirname, "labels"),
             json_file=None,
             evaluator_type="mapillary_vistas_panoptic_seg",
             ignore_label=MAPILLARY_IGNORE_LABEL,
-            label_divisor=1000,
-            **paths,
-            **metadata,
+            how_to_prepare=how_to_prepare,
         )
 
 
