@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from torch.nn import functional as F
 
 from conftest import R50, TINY_MODEL, make_cfg
+from mask2former.modeling.inference import maskformer_inference
 
 ONLY = {
     "semantic": ["SEMANTIC_ON True", "INSTANCE_ON False", "PANOPTIC_ON False"],
@@ -53,6 +54,13 @@ def test_forward_returns_exactly_the_enabled_outputs(outputs):
         assert result["panoptic_seg"][0].shape == (20, 28)
 
 
+def _infer(model, mask_cls, mask_pred, height, width):
+    """The model's post-processing of one image's (Q, K+1) logits and (Q, h, w) mask logits (no padding)."""
+    size = tuple(mask_pred.shape[-2:])
+    settings = model.inference_settings
+    return maskformer_inference(mask_cls[None], mask_pred[None], size, [size], [(height, width)], settings)[0]
+
+
 def _predictions():
     """Logits of 3 queries over 6 classes + no-object (query 0: stuff class 4, 1: thing class 1, 2: no object)."""
     mask_cls = torch.full((3, 7), -5.0)
@@ -67,7 +75,7 @@ def test_semantic_only_scores_at_mask_resolution_then_resizes():
     # bilinear resize to the 16x16 output.
     at_mask_resolution = torch.einsum("qc,qhw->chw", mask_cls.softmax(-1)[:, :-1], mask_pred.sigmoid())
     expected = F.interpolate(at_mask_resolution[None], size=(16, 16), mode="bilinear", align_corners=False)[0]
-    result = _model("semantic").inference_single(mask_cls, mask_pred, (8, 8), 16, 16)
+    result = _infer(_model("semantic"), mask_cls, mask_pred, 16, 16)
     assert set(result) == {"sem_seg"}
     torch.testing.assert_close(result["sem_seg"], expected)
 
@@ -75,7 +83,7 @@ def test_semantic_only_scores_at_mask_resolution_then_resizes():
     resized_masks = F.interpolate(mask_pred[None], size=(16, 16), mode="bilinear", align_corners=False)[0]
     expected_before = torch.einsum("qc,qhw->chw", mask_cls.softmax(-1)[:, :-1], resized_masks.sigmoid())
     model = _model("semantic", ("MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE True",))
-    result_before = model.inference_single(mask_cls, mask_pred, (8, 8), 16, 16)
+    result_before = _infer(model, mask_cls, mask_pred, 16, 16)
     torch.testing.assert_close(result_before["sem_seg"], expected_before)
     assert not torch.allclose(expected_before, expected, atol=1e-3)
 
@@ -83,7 +91,7 @@ def test_semantic_only_scores_at_mask_resolution_then_resizes():
 def test_instance_only_treats_every_class_as_a_thing():
     mask_cls, mask_pred = _predictions()
     # 3 queries x 6 classes = 18 (query, class) pairs, all within TEST.DETECTIONS_PER_IMAGE (100).
-    result = _model("instance").inference_single(mask_cls, mask_pred, (8, 8), 8, 8)
+    result = _infer(_model("instance"), mask_cls, mask_pred, 8, 8)
     assert set(result) == {"instances"}
     instances = result["instances"]
     assert len(instances) == 18 and set(instances.pred_classes.tolist()) == set(range(6))
@@ -91,11 +99,11 @@ def test_instance_only_treats_every_class_as_a_thing():
     assert instances.pred_classes[best] == 4, "the stuff-class query is the most confident instance"
 
     # With panoptic outputs on, instances are restricted to the dataset's thing classes.
-    both = _model("all").inference_single(mask_cls, mask_pred, (8, 8), 8, 8)["instances"]
+    both = _infer(_model("all"), mask_cls, mask_pred, 8, 8)["instances"]
     assert len(both) == 9 and set(both.pred_classes.tolist()) == {0, 1, 2}
 
 
 def test_instance_only_without_thing_metadata_needs_none():
     model = _model("instance", ("DATASETS.TRAIN ()",))
-    instances = model.inference_single(*_predictions(), (8, 8), 8, 8)["instances"]
+    instances = _infer(model, *_predictions(), 8, 8)["instances"]
     assert set(instances.pred_classes.tolist()) == set(range(6))

@@ -145,6 +145,22 @@ def test_batched_instance_inference_equals_the_loop(seed, thing_classes):
 
 
 @pytest.mark.parametrize("batched", [False, True])
+def test_thing_ids_beyond_the_models_classes_are_ignored(batched):
+    # A 7-class model evaluated with the metadata of a larger dataset (e.g. COCO's 80 thing ids): ids >= 7 match no
+    # label, as a membership test, and the outputs equal those with the in-range ids only.
+    mask_cls, mask_pred = _random_predictions(0)
+    wide, narrow = {0, 2, 3, 7, 50, 79}, {0, 2, 3}
+    instances = [instance_inference(mask_cls, mask_pred, num_classes=7, topk=50, thing_classes=t, batched=batched)
+                 for t in (wide, narrow)]
+    assert torch.equal(instances[0].pred_classes, instances[1].pred_classes) and len(instances[0]) > 0
+    kwargs = dict(num_classes=7, object_mask_threshold=0.6, overlap_threshold=0.5, batched=batched)
+    (seg_wide, info_wide), (seg_narrow, info_narrow) = (
+        panoptic_inference(mask_cls, mask_pred, thing_classes=t, **kwargs) for t in (wide, narrow)
+    )
+    assert info_wide == info_narrow and torch.equal(seg_wide, seg_narrow)
+
+
+@pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("overlap_threshold, kept", [(0.5, True), (0.51, False)])
 def test_query_keeping_exactly_the_overlap_threshold_of_its_mask_stays(batched, overlap_threshold, kept):
     # Query 1 (thing, 10 pixels) loses 5 of them to the more confident query 0: it keeps exactly half of its mask.

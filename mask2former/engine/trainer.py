@@ -4,6 +4,7 @@ CPU-safe distributed training, safe checkpoints, the non-finite-loss guard and p
 """
 import itertools
 import logging
+import os
 import weakref
 from collections import OrderedDict
 

@@ -102,6 +102,14 @@ def panoptic_inference(
     return panoptic_seg, segments_info
 
 
+def _is_thing_table(thing_classes, size, device):
+    """(size,) bool: whether each label is a thing class; ids outside the label range (metadata of a dataset with
+    more classes than the model predicts) never match a label, as in a membership test."""
+    table = torch.zeros(size, dtype=torch.bool)
+    table[[c for c in thing_classes if 0 <= c < size]] = True
+    return table.to(device)
+
+
 def _segment_ids_batched(classes, won_area, visible_area, own_area, thing_classes, num_classes, overlap_threshold):
     """
     The segment id of each kept query (0 = none) and ``segments_info``, as the per-query loop of
@@ -109,9 +117,7 @@ def _segment_ids_batched(classes, won_area, visible_area, own_area, thing_classe
     """
     device = classes.device
     index = torch.arange(classes.numel(), device=device)
-    is_thing = torch.zeros(num_classes + 1, dtype=torch.bool, device=device)
-    is_thing[torch.as_tensor(sorted(thing_classes), dtype=torch.long, device=device)] = True
-    is_thing = is_thing[classes]
+    is_thing = _is_thing_table(thing_classes, num_classes + 1, device)[classes]
     # The ratio in float64, as the loop's Python division, so that both paths agree at the threshold.
     valid = (won_area > 0) & (own_area > 0) & (visible_area > 0)
     valid &= won_area.double() / own_area.double().clamp(min=1) >= overlap_threshold
@@ -155,9 +161,7 @@ def instance_inference(
     query_indices = torch.div(topk_indices, num_classes, rounding_mode="floor")
 
     if thing_classes is not None:
-        is_thing = torch.zeros(num_classes, dtype=torch.bool, device=mask_cls.device)
-        is_thing[torch.as_tensor(sorted(thing_classes), dtype=torch.long, device=mask_cls.device)] = True
-        is_thing = is_thing[labels_per_image]
+        is_thing = _is_thing_table(thing_classes, num_classes, mask_cls.device)[labels_per_image]
         scores_per_image = scores_per_image[is_thing]
         labels_per_image = labels_per_image[is_thing]
         query_indices = query_indices[is_thing]
