@@ -6,6 +6,7 @@ A non-finite loss stops training before it reaches the weights, naming the loss 
 """
 import copy
 import math
+import multiprocessing
 import os
 import re
 import signal
@@ -99,6 +100,25 @@ def test_preemption_signal_saves_and_stops_at_the_iteration_boundary(tmp_path, s
     assert_same_state(saved["model"], model.state_dict())
     assert not all(torch.equal(v, snapshot.weights[k]) for k, v in model.state_dict().items())
     assert signal.getsignal(signum) == handler_before, "the hook must restore the previous handler"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_processes_forked_during_training_still_stop_on_the_signal(signum):
+    # The panoptic evaluation's process pool and the data-loader workers are forked while the hook is active, and
+    # their parents stop them with SIGTERM: a child that caught it would never exit and its parent would wait forever.
+    hook = PreemptionCheckpoint()
+    hook.before_train()
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    try:
+        child.start()
+        os.kill(child.pid, signum)
+        child.join(timeout=20)
+        assert child.exitcode == -signum, "the forked child caught the signal instead of stopping"
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join()
+        hook.after_train()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -62,11 +62,13 @@ class PreemptionCheckpoint(HookBase):
         self._requested = False
         self._previous_handlers = {}
         self._group = None
+        self._pid = os.getpid()
 
     def before_train(self):
         if threading.current_thread() is not threading.main_thread():
             logger.warning("Training runs outside the main thread: SIGTERM/SIGUSR1 will not save a checkpoint")
             return
+        self._pid = os.getpid()
         for signum in self.SIGNALS:
             self._previous_handlers[signum] = signal.signal(signum, self._request)
         if comm.get_world_size() > 1:
@@ -78,6 +80,13 @@ class PreemptionCheckpoint(HookBase):
         )
 
     def _request(self, signum, frame):
+        if os.getpid() != self._pid:
+            # A process forked during training (a data-loader worker, the panoptic evaluation's process pool)
+            # inherited this handler; its parent stops it with SIGTERM, so it reacts as it did before the hook.
+            previous = self._previous_handlers.get(signum)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            signal.raise_signal(signum)
+            return
         self._requested = True
 
     def after_step(self):
