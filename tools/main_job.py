@@ -77,12 +77,16 @@ def read_history(metrics_json, max_iter, metrics):
     """
     From the trainer's metrics.json: (iteration, total loss) as logged, and ``metrics`` (the task's
     ``(key, label)`` pairs) of every evaluation with the number of iterations trained before it (a record's
-    "iteration" is the last step run; the final evaluation's is ``max_iter``).
+    "iteration" is the last step run; the final evaluation's is ``max_iter``). Only the last run counts: the
+    trainer appends to the file, and a run that starts over from iteration 0 follows the earlier one's records.
     """
-    losses, evals = [], []
+    losses, evals, last_iteration = [], [], -1
     with open(metrics_json) as f:
         for line in f:
             record = json.loads(line)
+            if record["iteration"] < last_iteration:
+                losses, evals = [], []
+            last_iteration = record["iteration"]
             if "total_loss" in record:
                 losses.append((record["iteration"] + 1, record["total_loss"]))
             if metrics[0][0] in record:
