@@ -225,11 +225,11 @@ def _log_bf16_fallback():
 
 
 def _autocast_dtype(name):
-    """MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE as a torch dtype ("" = off)."""
-    dtypes = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    """MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE as a torch dtype ("" or "float32" = off)."""
+    dtypes = {"": None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise ValueError(
-            f"MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE={name!r} is not supported: use \"\" (off, float32), "
+            f"MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE={name!r} is not supported: use \"\" or \"float32\" (off), "
             "\"bfloat16\" or \"float16\""
         )
     return dtypes[name]
