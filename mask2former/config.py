@@ -82,7 +82,7 @@ def add_maskformer2_config(cfg):
     mf.TEST.OBJECT_MASK_THRESHOLD = 0.0
     mf.TEST.OVERLAP_THRESHOLD = 0.0
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
-    # Not in the original: the fast inference path. "" = float32 (default); "bfloat16" or "float16" run the
+    # Not in the original: the fast inference path. "" or "float32" = off (default); "bfloat16" or "float16" run the
     # backbone and head under torch.autocast with that dtype (post-processing stays float32).
     mf.TEST.AUTOCAST_DTYPE = ""
     # Not in the original: check checkpoint files named *_<6 hex>.pkl/.pth against that md5 prefix before

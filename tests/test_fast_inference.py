@@ -79,9 +79,12 @@ def test_switch_is_off_by_default_and_checked():
     assert build_tiny_model("tiny_r50").autocast_dtype is None
 
     spec = json.loads((REF / "tiny_r50_overrides.json").read_text())
-    overrides = spec["overrides"] + spec["forced_overrides"] + ["MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bf16"]
+    config = CONFIGS.parent / spec["config"]
+    overrides = spec["overrides"] + spec["forced_overrides"]
+    explicit_off = build_model(make_cfg(config, overrides + ["MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE float32"]))
+    assert explicit_off.autocast_dtype is None
     with pytest.raises(ValueError, match="AUTOCAST_DTYPE='bf16'.*bfloat16"):
-        build_model(make_cfg(CONFIGS.parent / spec["config"], overrides))
+        build_model(make_cfg(config, overrides + ["MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bf16"]))
 
 
 def test_switch_off_leaves_outputs_identical(fast_and_float):

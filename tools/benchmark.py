@@ -328,7 +328,7 @@ def table(results):
         ["config", results["config"]],
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
-        ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
+        ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] not in ("", "float32") else "float32"],
         ["deformable attention", "compiled kernels" if results["op"] == "kernels" else "pure-PyTorch reference"],
     ]
     inf = results["inference"]
