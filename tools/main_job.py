@@ -77,16 +77,12 @@ def read_history(metrics_json, max_iter, metrics):
     """
     From the trainer's metrics.json: (iteration, total loss) as logged, and ``metrics`` (the task's
     ``(key, label)`` pairs) of every evaluation with the number of iterations trained before it (a record's
-    "iteration" is the last step run; the final evaluation's is ``max_iter``). Only the last run counts: the
-    trainer appends to the file, and a run that starts over from iteration 0 follows the earlier one's records.
+    "iteration" is the last step run; the final evaluation's is ``max_iter``).
     """
-    losses, evals, last_iteration = [], [], -1
+    losses, evals = [], []
     with open(metrics_json) as f:
         for line in f:
             record = json.loads(line)
-            if record["iteration"] < last_iteration:
-                losses, evals = [], []
-            last_iteration = record["iteration"]
             if "total_loss" in record:
                 losses.append((record["iteration"] + 1, record["total_loss"]))
             if metrics[0][0] in record:
@@ -161,6 +157,11 @@ def main(argv=None):
     timings["dataset_s"] = time.perf_counter() - start
 
     cfg = setup_cfg(args)
+    # The job trains from scratch, and the trainer appends to metrics.json: a previous run's records would join
+    # this run's history.
+    metrics_json = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if os.path.exists(metrics_json):
+        os.remove(metrics_json)
     logger.info(f"Training {args.config_file} on {cfg.MODEL.DEVICE} with {torch.get_num_threads()} threads")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -170,7 +171,7 @@ def main(argv=None):
 
     with open(os.path.join(cfg.OUTPUT_DIR, "inference", "results.json")) as f:
         final = json.load(f)
-    losses, evals = read_history(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), cfg.SOLVER.MAX_ITER, metrics)
+    losses, evals = read_history(metrics_json, cfg.SOLVER.MAX_ITER, metrics)
     plot_curves(losses, evals, metrics, os.path.join(args.output, "training_curves.png"))
     tick = time.perf_counter()
     vis = write_visualizations(cfg, trainer.model, os.path.join(args.output, "vis"), args.num_vis, args.task)

@@ -2,11 +2,8 @@
 import logging
 import os
 
-import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
-from detectron2.utils.file_io import PathManager
-from PIL import Image
 
 from .cityscapes_evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .instance_evaluation import InstanceSegEvaluator
@@ -21,15 +18,6 @@ _PANOPTIC_TYPES = ("coco_panoptic_seg", "cityscapes_panoptic_seg") + _SHARED_ID_
 # Dataset types whose dataset dicts carry "sem_seg_file_name" (COCO panoptic only in its '_with_sem_seg' names).
 _SEM_SEG_TYPES = ("sem_seg",) + _SHARED_ID_PANOPTIC_TYPES
 SUPPORTED_TYPES = ("sem_seg", "coco", "cityscapes_sem_seg", "cityscapes_instance") + _PANOPTIC_TYPES
-
-
-def load_sem_seg(filename, dtype=int):
-    """
-    A semantic PNG as an array. Replaces SemSegEvaluator's default reader, whose ``np.array(copy=False)``
-    raises under NumPy 2.
-    """
-    with PathManager.open(filename, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
@@ -69,11 +57,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         if evaluator_type in ("cityscapes_sem_seg", "cityscapes_panoptic_seg"):
             evaluators.append(CityscapesSemSegEvaluator(dataset_name))
         elif evaluator_type in _SEM_SEG_TYPES or meta.get("sem_seg_root") is not None:
-            evaluators.append(
-                SemSegEvaluator(
-                    dataset_name, distributed=True, output_dir=output_folder, sem_seg_loading_fn=load_sem_seg
-                )
-            )
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
         raise ValueError(
             f"nothing to evaluate on {dataset_name!r} (evaluator_type={evaluator_type!r}) with "
