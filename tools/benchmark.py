@@ -328,7 +328,7 @@ def table(results):
         ["config", results["config"]],
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
-        ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] not in ("", "float32") else "float32"],
+        ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
         ["deformable attention", "compiled kernels" if results["op"] == "kernels" else "pure-PyTorch reference"],
     ]
     inf = results["inference"]
@@ -377,7 +377,8 @@ def main(argv=None):
         "env": environment(device),
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "inference_size": list(inputs["image"].shape[1:]),
-        "autocast_dtype": cfg.MODEL.MASK_FORMER.TEST.get("AUTOCAST_DTYPE", ""),
+        # As the model parsed MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE ("" when off).
+        "autocast_dtype": str(model.autocast_dtype or "").removeprefix("torch."),
         "op": args.op,
     }
     with reference_only() if args.op == "reference" else contextlib.nullcontext():

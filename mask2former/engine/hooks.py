@@ -62,7 +62,7 @@ class PreemptionCheckpoint(HookBase):
         self._requested = False
         self._previous_handlers = {}
         self._group = None
-        self._pid = os.getpid()
+        self._pid = None  # the training process, which installed the handlers
 
     def before_train(self):
         if threading.current_thread() is not threading.main_thread():

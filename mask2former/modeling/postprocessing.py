@@ -103,8 +103,10 @@ def panoptic_inference(
 
 
 def _is_thing_table(thing_classes, size, device):
-    """(size,) bool: whether each label is a thing class; ids outside the label range (metadata of a dataset with
-    more classes than the model predicts) never match a label, as in a membership test."""
+    """
+    (size,) bool: whether each label is a thing class. Ids outside the label range (metadata of a dataset with more
+    classes than the model predicts) never match a label, as in a membership test.
+    """
     table = torch.zeros(size, dtype=torch.bool)
     table[[c for c in thing_classes if 0 <= c < size]] = True
     return table.to(device)
