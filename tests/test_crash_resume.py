@@ -102,15 +102,24 @@ def test_preemption_signal_saves_and_stops_at_the_iteration_boundary(tmp_path, s
     assert signal.getsignal(signum) == handler_before, "the hook must restore the previous handler"
 
 
+def _signal_ready_then_sleep(running):
+    running.set()
+    time.sleep(60)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_processes_forked_during_training_still_stop_on_the_signal(signum):
     # The panoptic evaluation's process pool and the data-loader workers are forked while the hook is active, and
     # their parents stop them with SIGTERM: a child that caught it would never exit and its parent would wait forever.
     hook = PreemptionCheckpoint()
     hook.before_train()
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    context = multiprocessing.get_context("fork")
+    running = context.Event()
+    child = context.Process(target=_signal_ready_then_sleep, args=(running,))
     try:
         child.start()
+        # Python drops signals that reach a child before its interpreter finished the fork: send it once running.
+        assert running.wait(timeout=20)
         os.kill(child.pid, signum)
         child.join(timeout=20)
         assert child.exitcode == -signum, "the forked child caught the signal instead of stopping"
