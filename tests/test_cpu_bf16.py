@@ -1,6 +1,7 @@
 """
 The CPU bfloat16 path (MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16): taken only where the CPU multiplies bf16
-matrices natively, else float32 with one log line; the transformer decoder stays float32 on CPU.
+matrices natively, else float32 with one log line; the transformer decoder stays float32 in CPU inference, and
+copies none of its operands where it runs in bfloat16.
 """
 import logging
 
@@ -9,6 +10,7 @@ import torch
 
 from mask2former.modeling import cpu_features
 from mask2former.modeling.meta_arch import maskformer_model
+from conftest import ROOT, load_script
 from test_reference_tiny import build_reference_model, read_input
 
 
@@ -37,7 +39,7 @@ def model():
 def record_dtypes(model):
     dtypes = {}
     model.backbone.register_forward_hook(lambda m, i, o: dtypes.__setitem__("backbone", o["res5"].dtype))
-    layer = model.sem_seg_head.predictor.transformer_cross_attention_layers[0]
+    layer = model.sem_seg_head.predictor.transformer_cross_attention_layers[0].multihead_attn.out_proj
     layer.register_forward_hook(lambda m, i, o: dtypes.__setitem__("decoder", o.dtype))
     return dtypes
 
@@ -67,3 +69,12 @@ def test_with_native_bf16_the_decoder_stays_float32(model, monkeypatch):
     with torch.no_grad():
         model([read_input("B")])
     assert dtypes == {"backbone": torch.bfloat16, "decoder": torch.float32}
+
+
+def test_bf16_decoder_copies_no_operands_in_its_matmuls():
+    # Where the decoder runs in bfloat16 (here: training under CPU autocast), sequence views with strided channels
+    # made each projection a batched matmul over a copy of the weight per pixel (docs/benchmarks.md).
+    tool = load_script(ROOT / "tools" / "benchmark_export.py")
+    model = build_reference_model("tiny_r50").train()
+    inside_bmm, _ = tool.decoder_bmm_copies(model, torch.randn(1, 3, 128, 192))
+    assert inside_bmm == 0

@@ -47,6 +47,30 @@ def _xavier_init(module):
             nn.init.xavier_uniform_(p)
 
 
+def _attention(attn, query, key, value, blocked=None):
+    """
+    What ``attn`` (an ``nn.MultiheadAttention``, sequence-first) computes, with its parameters (and so the released
+    checkpoints' names), through ``F.scaled_dot_product_attention``: fused kernels that never materialize the
+    (N x heads, L, S) attention weights, and one mask per image broadcast over the heads instead of a copy per head.
+
+    Args:
+        query: (L, N, E); key, value: (S, N, E).
+        blocked: None, or bool (N, 1, L, S): True where a query must not attend (``nn.MultiheadAttention``'s
+            convention); no row may be all True.
+
+    Returns:
+        (L, N, E).
+    """
+    q, k, v = (
+        F.linear(x, w, b).unflatten(-1, (attn.num_heads, -1)).permute(1, 2, 0, 3)  # (N, heads, L or S, E / heads)
+        for x, w, b in zip((query, key, value), attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3))
+    )
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=None if blocked is None else ~blocked, dropout_p=attn.dropout if attn.training else 0.0
+    )
+    return attn.out_proj(out.permute(2, 0, 1, 3).flatten(2))
+
+
 class SelfAttentionLayer(nn.Module):
     """Self-attention among the queries; the query position embedding is added to queries and keys."""
 
@@ -58,10 +82,10 @@ class SelfAttentionLayer(nn.Module):
         self.normalize_before = normalize_before
         _xavier_init(self)
 
-    def forward(self, tgt, tgt_mask=None, tgt_key_padding_mask=None, query_pos=None):
+    def forward(self, tgt, query_pos=None):
         def attend(x):
             q = k = _with_pos(x, query_pos)
-            return self.self_attn(q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
+            return _attention(self.self_attn, q, k, x)
 
         return _residual(tgt, attend, self.norm, self.dropout, self.normalize_before)
 
@@ -77,15 +101,10 @@ class CrossAttentionLayer(nn.Module):
         self.normalize_before = normalize_before
         _xavier_init(self)
 
-    def forward(self, tgt, memory, memory_mask=None, memory_key_padding_mask=None, pos=None, query_pos=None):
+    def forward(self, tgt, memory, memory_mask=None, pos=None, query_pos=None):
+        """``memory_mask``: bool (N, 1, L, S), True where a query must not attend; see :func:`_attention`."""
         def attend(x):
-            return self.multihead_attn(
-                query=_with_pos(x, query_pos),
-                key=_with_pos(memory, pos),
-                value=memory,
-                attn_mask=memory_mask,
-                key_padding_mask=memory_key_padding_mask,
-            )[0]
+            return _attention(self.multihead_attn, _with_pos(x, query_pos), _with_pos(memory, pos), memory, memory_mask)
 
         return _residual(tgt, attend, self.norm, self.dropout, self.normalize_before)
 
@@ -236,8 +255,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
         if not self.training and mask_features.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # CPU inference runs the decoder in float32: its attention multiplies transposed (strided) operands,
-            # which 16-bit CPU batched matmuls copy first (docs/benchmarks.md), and it is a small share of the work.
+            # CPU inference runs the decoder in float32: in bfloat16 it moved PQ on the toy val set by 0.3
+            # (docs/benchmarks.md), for a small share of the time.
             with torch.autocast("cpu", enabled=False):
                 return self._forward([feat.float() for feat in x], mask_features.float())
         return self._forward(x, mask_features)
@@ -247,10 +266,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         srcs, poss, sizes = [], [], []
         for i, feat in enumerate(x):
             sizes.append(feat.shape[-2:])
-            # (HW, N, C) sequences, as nn.MultiheadAttention expects without batch_first.
-            poss.append(self.pe_layer(feat).flatten(2).permute(2, 0, 1))
+            # (HW, N, C) sequences, as the original's nn.MultiheadAttention layers take them, made contiguous once:
+            # every layer projects them, and 16-bit CPU matmuls of a view with strided channels broadcast the
+            # weight to a batched matmul (one copy of it per pixel).
+            poss.append(self.pe_layer(feat).flatten(2).permute(2, 0, 1).contiguous())
             src = self.input_proj[i](feat).flatten(2) + self.level_embed.weight[i][None, :, None]
-            srcs.append(src.permute(2, 0, 1))
+            srcs.append(src.permute(2, 0, 1).contiguous())
         # Bilinear resizing commutes with the per-pixel dot product that makes mask logits: resizing the mask
         # features to each attention level once gives the attention masks without resizing every layer's
         # full-resolution masks, and inference needs only the last layer's full-resolution masks.
@@ -314,6 +335,5 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         attn_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, level_mask_features)
         # Pixels whose predicted foreground probability is below 0.5 are masked out, for every head.
-        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
-        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        attn_mask = (attn_mask.sigmoid().flatten(2) < 0.5).unsqueeze(1).detach()  # (N, 1, Q, HW), for all heads
         return outputs_class, outputs_mask, attn_mask
