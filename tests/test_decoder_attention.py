@@ -33,7 +33,9 @@ def test_attention_matches_multihead_attention_and_its_gradients(masked):
 
     ours = _attention(attn, query, memory + 1, memory, blocked)
     per_head = None if blocked is None else blocked.expand(-1, HEADS, -1, -1).flatten(0, 1)
-    expected = attn(query, memory + 1, memory, attn_mask=per_head, need_weights=False)[0]
+    # need_weights=True: the explicit softmax(QK^T)V path, as the original calls it (without it torch also goes
+    # through scaled_dot_product_attention).
+    expected = attn(query, memory + 1, memory, attn_mask=per_head)[0]
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
 
     grad = torch.randn(expected.shape, generator=generator)
@@ -68,5 +70,5 @@ def test_self_attention_layer_matches_multihead_attention():
     with torch.no_grad():
         ours = layer(tgt, query_pos=pos)
         x = layer.norm(tgt)
-        expected = tgt + layer.self_attn(x + pos, x + pos, x, need_weights=False)[0]
+        expected = tgt + layer.self_attn(x + pos, x + pos, x)[0]
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
