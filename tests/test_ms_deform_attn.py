@@ -6,6 +6,7 @@ Every numeric test runs on the CPU kernel and, on a machine with a GPU, on the C
 """
 import importlib
 import os
+import platform
 import re
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from mask2former.ops.ms_deform_attn import (
     MSDeformAttnFunction,
     build,
+    cpu_isa,
     kernels,
     kernels_for,
     ms_deform_attn,
@@ -194,6 +196,63 @@ def test_dispatch_uses_the_compiled_cpu_kernel():
     value, shapes, starts, locations, weights = make_inputs(1)
     out = ms_deform_attn(value.requires_grad_(), shapes, starts, locations, weights)
     assert type(out.grad_fn).__name__ == "MSDeformAttnFunctionBackward"
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
+    path = Path("/proc/cpuinfo")
+    match = re.search(r"^flags\s*:(.*)$", path.read_text(), re.MULTILINE) if path.exists() else None
+    return set(match.group(1).split()) if match else set()
+
+
+def test_cpu_kernels_run_the_widest_instruction_set_the_cpu_has():
+    module = kernels_for("cpu")
+    expected = ["baseline"]
+    flags = cpu_flags()
+    if platform.machine() == "x86_64" and {"avx2", "fma", "bmi1", "bmi2", "popcnt"} <= flags:
+        expected.insert(0, "avx2")
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= flags:
+            expected.insert(0, "avx512")
+    assert module.cpu_isas() == expected
+    assert module.cpu_isa() == expected[0]
+
+
+@pytest.mark.parametrize("channels", [5, 32])
+def test_cpu_kernels_of_every_instruction_set_match_the_reference(channels):
+    module = kernels_for("cpu")
+    inputs = make_inputs(3, channels=channels, seed=5)
+    fp32_tols = [(1e-5, 1e-5), (1e-5, 1e-5), (1e-4, 1e-4), (1e-5, 1e-5)]
+    for isa in module.cpu_isas():
+        with cpu_isa(isa):
+            assert module.cpu_isa() == isa
+            assert_close_to_reference(compiled("cpu"), "cpu", inputs, torch.float64)
+            assert_close_to_reference(compiled("cpu"), "cpu", inputs, torch.float32, grad_tols=fp32_tols)
+            for dtype in (torch.bfloat16, torch.float16):
+                eps = torch.finfo(dtype).eps
+                tols = [(2 * eps, 2 * eps), (2 * eps, 2 * eps), (1e-4, 1e-4), (1e-5, 1e-5)]
+                assert_close_to_reference(
+                    compiled("cpu"), "cpu", inputs, dtype, loc_dtype=torch.float32, grad_tols=tols
+                )
+    assert module.cpu_isa() == module.cpu_isas()[0], "the widest again after the blocks"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_forward_is_bitwise_the_same_on_every_instruction_set(dtype):
+    module = kernels_for("cpu")
+    value, shapes, starts, locations, weights = make_inputs(3, queries=50, heads=4, channels=32, seed=7)
+    args = (value.to(dtype), shapes, starts, locations.float(), weights.float())
+    outputs = {}
+    for isa in module.cpu_isas():
+        with cpu_isa(isa):
+            outputs[isa] = module.forward(*args)
+    for isa, out in outputs.items():
+        assert torch.equal(out, outputs["baseline"]), f"{isa} differs from baseline"
+
+
+def test_unknown_cpu_instruction_set_names_the_choices():
+    value, shapes, starts, locations, weights = make_inputs(1, seed=6)
+    with cpu_isa("sse9"), pytest.raises(RuntimeError, match="MASK2FORMER_CPU_ISA=sse9: .*one of .*baseline"):
+        compiled("cpu")(value, shapes, starts, locations, weights)
 
 
 def test_reference_only_runs_the_reference_inside_the_block():

@@ -32,7 +32,7 @@ from tabulate import tabulate
 
 from mask2former import get_maskformer2_cfg
 from mask2former.checkpoint import SafeCheckpointer
-from mask2former.ops.ms_deform_attn import reference_only
+from mask2former.ops.ms_deform_attn import kernels_for, reference_only
 
 STAGES = ("preprocessing", "backbone", "pixel decoder", "transformer decoder", "post-processing")
 
@@ -323,13 +323,19 @@ def environment(device):
     return env
 
 
+def _op_name(results):
+    if results["op"] != "kernels":
+        return "pure-PyTorch reference"
+    return f"compiled kernels ({results['op_cpu_isa']})" if "op_cpu_isa" in results else "compiled kernels"
+
+
 def table(results):
     rows = [
         ["config", results["config"]],
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
         ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
-        ["deformable attention", "compiled kernels" if results["op"] == "kernels" else "pure-PyTorch reference"],
+        ["deformable attention", _op_name(results)],
     ]
     inf = results["inference"]
     size = "x".join(map(str, results["inference_size"]))
@@ -381,6 +387,8 @@ def main(argv=None):
         "autocast_dtype": str(model.autocast_dtype or "").removeprefix("torch."),
         "op": args.op,
     }
+    if args.op == "kernels" and device.type == "cpu" and kernels_for("cpu") is not None:
+        results["op_cpu_isa"] = kernels_for("cpu").cpu_isa()
     with reference_only() if args.op == "reference" else contextlib.nullcontext():
         results["inference"] = measure_inference(model, inputs, args, clock, memory)
         if not args.skip_train:

@@ -5,7 +5,9 @@ the Swin-T pixel decoder (8 heads x 32 channels, 4 points, 3 levels at strides 8
 
 Implementations:
   reference  pure PyTorch (grid_sample), mask2former/ops/ms_deform_attn/reference.py
-  kernel     the compiled op (CPU kernel for --device cpu, CUDA kernels for --device cuda)
+  kernel     the compiled op (CPU kernel for --device cpu, CUDA kernels for --device cuda); on CPU the kernels
+             compiled for the widest instruction set the CPU has
+  kernel:ISA CPU only: the kernels compiled for a narrower instruction set (avx2, baseline) that the CPU also runs
   classic    CUDA only: the classic Deformable-DETR op design, compiled from this file for comparison: one thread
              per output element, value gradients by scalar atomics, location/weight gradients reduced in shared
              memory by the first thread of each (batch, query, head)
@@ -24,7 +26,7 @@ import time
 import torch
 from tabulate import tabulate
 
-from mask2former.ops.ms_deform_attn import MSDeformAttnFunction, kernels_for, ms_deform_attn_reference
+from mask2former.ops.ms_deform_attn import MSDeformAttnFunction, cpu_isa, kernels_for, ms_deform_attn_reference
 from mask2former.ops.ms_deform_attn.build import CSRC, find_cuda_home
 
 HEADS, CHANNELS, POINTS = 8, 32, 4
@@ -226,16 +228,29 @@ def implementations(device, dtype):
     kernels = kernels_for(device.type)
     if kernels is not None:
         impls["kernel"] = lambda *args: MSDeformAttnFunction.apply(kernels, *args)
+        if device.type == "cpu":
+            for isa in kernels.cpu_isas()[1:]:
+                impls[f"kernel:{isa}"] = _with_cpu_isa(isa, impls["kernel"])
     if device.type == "cuda" and dtype == torch.float32:
         classic = build_classic()
         impls["classic"] = lambda *args: MSDeformAttnFunction.apply(classic, *args)
     return impls
 
 
+def _with_cpu_isa(isa, fn):
+    def run_with(*args):
+        with cpu_isa(isa):
+            return fn(*args)
+
+    return run_with
+
+
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    kernels = kernels_for("cpu")
+    isa = f", kernels for {kernels.cpu_isa()}" if kernels is not None else ""
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads{isa}"
 
 
 def main(argv=None):
@@ -243,7 +258,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=None, help="default: float32 on CPU; float32 bfloat16 on CUDA")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell (default: 3 CPU, 20 CUDA)")
-    parser.add_argument("--impls", nargs="+", default=None, help="subset of: reference kernel classic")
+    parser.add_argument(
+        "--impls", nargs="+", default=None, help="subset of: reference kernel kernel:avx2 kernel:baseline classic"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     default_dtypes = ["float32", "bfloat16"] if device.type == "cuda" else ["float32"]

@@ -5,8 +5,12 @@ Multi-scale deformable attention (Deformable DETR), the sampling step of ``MSDef
 falls back, with one warning, to ``ms_deform_attn_reference`` (pure PyTorch, ``grid_sample``) when no kernels can
 be built. The kernels check themselves against the reference the first time they run on each device and dtype
 (``self_check``). Importing this package never compiles anything and never fails because of the kernels.
+
+The CPU kernels are compiled for several x86-64 instruction sets (baseline, AVX2, AVX-512) and the widest that the
+CPU supports runs; ``MASK2FORMER_CPU_ISA`` or :func:`cpu_isa` picks another (``_C.cpu_isas()`` lists them).
 """
 import contextlib
+import os
 
 import torch
 
@@ -17,6 +21,7 @@ from .reference import level_shapes, ms_deform_attn_reference
 
 __all__ = [
     "MSDeformAttnFunction",
+    "cpu_isa",
     "kernels_for",
     "level_shapes",
     "ms_deform_attn",
@@ -40,6 +45,23 @@ def reference_only():
         yield
     finally:
         _reference_only = previous
+
+
+@contextlib.contextmanager
+def cpu_isa(name):
+    """
+    Within the block, the CPU kernels compiled for instruction set ``name`` ("avx512", "avx2" or "baseline") run, as
+    with ``MASK2FORMER_CPU_ISA=name``; the kernels raise if the CPU or the build lacks it.
+    """
+    previous = os.environ.get("MASK2FORMER_CPU_ISA")
+    os.environ["MASK2FORMER_CPU_ISA"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MASK2FORMER_CPU_ISA"]
+        else:
+            os.environ["MASK2FORMER_CPU_ISA"] = previous
 
 
 def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):

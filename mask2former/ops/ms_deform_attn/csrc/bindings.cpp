@@ -78,6 +78,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &mask2former::backward,
         "(value, spatial_shapes, level_start_index, locations, weights, grad_output) -> "
         "[grad_value, grad_locations, grad_weights]");
+  m.def("cpu_isa", &mask2former::cpu_isa,
+        "the instruction set of the CPU kernels that run now: avx512, avx2 or baseline (MASK2FORMER_CPU_ISA)");
+  m.def("cpu_isas", &mask2former::cpu_isas, "the instruction sets of this build that the CPU supports, widest first");
 #ifdef WITH_CUDA
   m.attr("with_cuda") = true;
   m.attr("cuda_archs") = mask2former::cuda_archs();

@@ -10,6 +10,7 @@
 // The accumulation type is float for float/half/bfloat16 values and double for double values.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -25,6 +26,30 @@ inline Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_lo
   return {value.size(0), value.size(1), value.size(2), value.size(3), sampling_locations.size(1),
           sampling_locations.size(3), sampling_locations.size(4)};
 }
+
+// Kernels compiled for one CPU instruction set (ms_deform_attn_cpu_kernels.h).
+struct CpuKernels {
+  at::Tensor (*forward)(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                        const at::Tensor& attention_weights);
+  std::vector<at::Tensor> (*backward)(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                      const at::Tensor& attention_weights, const at::Tensor& grad_output);
+};
+
+// GCC on x86-64 also compiles the kernels for AVX2 and AVX-512, and picks among them at run time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define M2F_CPU_DISPATCH
+extern const CpuKernels cpu_kernels_avx2;
+extern const CpuKernels cpu_kernels_avx512;
+#endif
+extern const CpuKernels cpu_kernels_baseline;
+
+// The instruction set whose kernels forward_cpu and backward_cpu run: "avx512", "avx2" or "baseline".
+std::string cpu_isa();
+
+// The instruction sets of this build that the CPU supports, widest first.
+std::vector<std::string> cpu_isas();
 
 at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,

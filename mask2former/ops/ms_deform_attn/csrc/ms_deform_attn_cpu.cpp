@@ -1,207 +1,92 @@
-// CPU kernels: parallel over (batch, query) for the forward, over (batch, level, group of heads) for the backward,
-// whose tasks then own disjoint slices of every gradient, so value gradients accumulate without locks or atomics.
-//
-// The channel loops are innermost and contiguous and handle the four corners of a sample together; corners off
-// the map point at a row of zeros (reads) or at a scratch row (gradient writes), so these loops have no branches
-// and vectorize. When D = 32 (all Mask2Former models) it is a compile-time constant and the rows live in registers.
-#include <algorithm>
-#include <vector>
+// The CPU entry points: they run the kernels compiled for the widest instruction set that the CPU supports, or the
+// one that MASK2FORMER_CPU_ISA names (to compare them, or to rule one out). On x86-64 with GCC the kernels are
+// compiled three times: baseline x86-64 (this file), AVX2 and AVX-512 (ms_deform_attn_cpu_avx2/avx512.cpp);
+// elsewhere once, for the compiler's default target.
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
 
-#include "bilinear.h"
-#include "ms_deform_attn.h"
+#define M2F_CPU_KERNELS cpu_kernels_baseline
+#include "ms_deform_attn_cpu_kernels.h"
 
 namespace mask2former {
 namespace {
 
-// acc += sum over corners k of w[k] * v[k]
-template <typename acc_t, typename scalar_t>
-inline void gather4(int64_t channels, acc_t* __restrict acc, const acc_t (&w)[4], const scalar_t* __restrict v0,
-                    const scalar_t* __restrict v1, const scalar_t* __restrict v2, const scalar_t* __restrict v3) {
-  for (int64_t c = 0; c < channels; ++c) {
-    acc[c] += w[0] * static_cast<acc_t>(v0[c]) + w[1] * static_cast<acc_t>(v1[c]) +
-              w[2] * static_cast<acc_t>(v2[c]) + w[3] * static_cast<acc_t>(v3[c]);
-  }
-}
+struct CpuIsa {
+  const char* name;
+  const CpuKernels* kernels;
+};
 
-// dots[k] = g . v[k], and gv[k] += coeff[k] * g
-template <typename acc_t, typename scalar_t>
-inline void scatter4(int64_t channels, const acc_t* __restrict g, const acc_t (&coeff)[4], acc_t (&dots)[4],
-                     const scalar_t* __restrict v0, const scalar_t* __restrict v1, const scalar_t* __restrict v2,
-                     const scalar_t* __restrict v3, acc_t* __restrict gv0, acc_t* __restrict gv1,
-                     acc_t* __restrict gv2, acc_t* __restrict gv3) {
-  acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-  for (int64_t c = 0; c < channels; ++c) {
-    const acc_t gc = g[c];
-    d0 += gc * static_cast<acc_t>(v0[c]);
-    d1 += gc * static_cast<acc_t>(v1[c]);
-    d2 += gc * static_cast<acc_t>(v2[c]);
-    d3 += gc * static_cast<acc_t>(v3[c]);
-    gv0[c] += coeff[0] * gc;
-    gv1[c] += coeff[1] * gc;
-    gv2[c] += coeff[2] * gc;
-    gv3[c] += coeff[3] * gc;
-  }
-  dots[0] = d0;
-  dots[1] = d1;
-  dots[2] = d2;
-  dots[3] = d3;
-}
-
-// kChannels > 0 fixes D at compile time; 0 reads it from the problem.
-template <typename scalar_t, int kChannels>
-void forward_kernel(const Problem& pb, const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                    const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn, scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = kChannels > 0 ? kChannels : pb.channels;
-  const int64_t row = pb.heads * channels;  // distance between two pixels of one head
-  at::parallel_for(0, pb.batch * pb.queries, 16, [&](int64_t begin, int64_t end) {
-    const std::vector<scalar_t> zeros(channels, static_cast<scalar_t>(0));
-    std::vector<acc_t> heap(kChannels > 0 ? 0 : channels);
-    acc_t stack[kChannels > 0 ? kChannels : 1];
-    acc_t* acc = kChannels > 0 ? stack : heap.data();
-    for (int64_t nq = begin; nq < end; ++nq) {
-      const int64_t n = nq / pb.queries;
-      for (int64_t m = 0; m < pb.heads; ++m) {
-        std::fill(acc, acc + channels, static_cast<acc_t>(0));
-        const int64_t sample0 = (nq * pb.heads + m) * pb.levels * pb.points;
-        for (int64_t l = 0; l < pb.levels; ++l) {
-          const int h = static_cast<int>(shapes[2 * l]);
-          const int w = static_cast<int>(shapes[2 * l + 1]);
-          const scalar_t* level = value + ((n * pb.pixels + starts[l]) * pb.heads + m) * channels;
-          for (int64_t p = 0; p < pb.points; ++p) {
-            const int64_t i = sample0 + l * pb.points + p;
-            const BilinearSample<acc_t> b(loc[2 * i], loc[2 * i + 1], h, w);
-            if (!b.touches) {
-              continue;
-            }
-            const scalar_t* v[4];
-            acc_t weights[4];
-            for (int k = 0; k < 4; ++k) {
-              v[k] = b.valid(k) ? level + b.index(k) * row : zeros.data();
-              weights[k] = attn[i] * b.weight(k);
-            }
-            gather4(channels, acc, weights, v[0], v[1], v[2], v[3]);
-          }
-        }
-        std::copy(acc, acc + channels, out + (nq * pb.heads + m) * channels);
-      }
+// The instruction sets of this build that the CPU supports, widest first.
+const std::vector<CpuIsa>& available_isas() {
+  static const std::vector<CpuIsa> isas = [] {
+    std::vector<CpuIsa> found;
+#ifdef M2F_CPU_DISPATCH
+    // The extensions each compilation targets (ms_deform_attn_cpu_avx2/avx512.cpp), by names GCC 9 knows.
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+                      __builtin_cpu_supports("popcnt");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                        __builtin_cpu_supports("avx512cd");
+    if (avx512) {
+      found.push_back({"avx512", &cpu_kernels_avx512});
     }
-  });
-}
-
-// Tasks are (batch, level, group of heads): each owns the value gradients of its level and heads, and the location
-// and weight gradients of its samples. Whole groups of heads keep the memory accesses on long contiguous rows.
-template <typename scalar_t, int kChannels>
-void backward_kernel(const Problem& pb, int64_t heads_per_task, const scalar_t* value, const int64_t* shapes,
-                     const int64_t* starts, const at::opmath_type<scalar_t>* loc,
-                     const at::opmath_type<scalar_t>* attn, const scalar_t* grad_out,
-                     at::opmath_type<scalar_t>* grad_value, at::opmath_type<scalar_t>* grad_loc,
-                     at::opmath_type<scalar_t>* grad_attn) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = kChannels > 0 ? kChannels : pb.channels;
-  const int64_t row = pb.heads * channels;
-  const int64_t head_groups = pb.heads / heads_per_task;
-  at::parallel_for(0, pb.batch * pb.levels * head_groups, 1, [&](int64_t begin, int64_t end) {
-    const std::vector<scalar_t> zeros(channels, static_cast<scalar_t>(0));
-    std::vector<acc_t> scratch(4 * channels);  // one per corner, so that the four gradient rows never alias
-    std::vector<acc_t> heap(kChannels > 0 ? 0 : channels);
-    acc_t stack[kChannels > 0 ? kChannels : 1];
-    acc_t* g = kChannels > 0 ? stack : heap.data();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t first_head = (task % head_groups) * heads_per_task;
-      const int64_t l = (task / head_groups) % pb.levels;
-      const int64_t n = task / (head_groups * pb.levels);
-      const int h = static_cast<int>(shapes[2 * l]);
-      const int w = static_cast<int>(shapes[2 * l + 1]);
-      const int64_t level_offset = (n * pb.pixels + starts[l]) * row;
-      for (int64_t q = 0; q < pb.queries; ++q) {
-        for (int64_t m = first_head; m < first_head + heads_per_task; ++m) {
-          const int64_t nqm = (n * pb.queries + q) * pb.heads + m;
-          std::copy(grad_out + nqm * channels, grad_out + (nqm + 1) * channels, g);
-          const scalar_t* level = value + level_offset + m * channels;
-          acc_t* grad_level = grad_value + level_offset + m * channels;
-          for (int64_t p = 0; p < pb.points; ++p) {
-            const int64_t i = (nqm * pb.levels + l) * pb.points + p;
-            const BilinearSample<acc_t> b(loc[2 * i], loc[2 * i + 1], h, w);
-            const acc_t a = attn[i];
-            acc_t d_attn = 0, d_x = 0, d_y = 0;
-            if (b.touches) {
-              const scalar_t* v[4];
-              acc_t* gv[4];
-              acc_t coeff[4];
-              acc_t dots[4];
-              for (int k = 0; k < 4; ++k) {
-                const bool valid = b.valid(k);
-                v[k] = valid ? level + b.index(k) * row : zeros.data();
-                gv[k] = valid ? grad_level + b.index(k) * row : scratch.data() + k * channels;
-                coeff[k] = a * b.weight(k);
-              }
-              scatter4(channels, g, coeff, dots, v[0], v[1], v[2], v[3], gv[0], gv[1], gv[2], gv[3]);
-              for (int k = 0; k < 4; ++k) {
-                d_attn += b.weight(k) * dots[k];
-                d_x += b.dweight_dx(k) * dots[k];
-                d_y += b.dweight_dy(k) * dots[k];
-              }
-            }
-            grad_attn[i] = d_attn;
-            grad_loc[2 * i] = a * static_cast<acc_t>(w) * d_x;
-            grad_loc[2 * i + 1] = a * static_cast<acc_t>(h) * d_y;
-          }
-        }
-      }
+    if (avx2) {
+      found.push_back({"avx2", &cpu_kernels_avx2});
     }
-  });
+#endif
+    found.push_back({"baseline", &cpu_kernels_baseline});
+    return found;
+  }();
+  return isas;
 }
 
-// As many heads per backward task as still leaves a few tasks per thread.
-int64_t heads_per_task(const Problem& pb) {
-  int64_t heads = pb.heads;
-  while (heads % 2 == 0 && pb.batch * pb.levels * (pb.heads / heads) < 4 * at::get_num_threads()) {
-    heads /= 2;
+const CpuIsa& chosen_isa() {
+  const std::vector<CpuIsa>& isas = available_isas();
+  const char* requested = std::getenv("MASK2FORMER_CPU_ISA");
+  if (requested == nullptr || *requested == '\0') {
+    return isas.front();
   }
-  return heads;
+  std::string names;
+  for (const CpuIsa& isa : isas) {
+    if (std::strcmp(isa.name, requested) == 0) {
+      return isa;
+    }
+    names += names.empty() ? isa.name : std::string(", ") + isa.name;
+  }
+  TORCH_CHECK(false, "MASK2FORMER_CPU_ISA=", requested,
+              ": this build has no kernels for that instruction set on this CPU; set it to one of ", names,
+              ", or unset it to use the widest");
 }
 
 }  // namespace
 
+std::string cpu_isa() { return chosen_isa().name; }
+
+std::vector<std::string> cpu_isas() {
+  std::vector<std::string> names;
+  for (const CpuIsa& isa : available_isas()) {
+    names.push_back(isa.name);
+  }
+  return names;
+}
+
 at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                        const at::Tensor& attention_weights) {
-  const Problem pb = problem_of(value, sampling_locations);
-  at::Tensor out = at::empty({pb.batch, pb.queries, pb.heads * pb.channels}, value.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    auto kernel = pb.channels == 32 ? forward_kernel<scalar_t, 32> : forward_kernel<scalar_t, 0>;
-    kernel(pb, value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(), level_start_index.data_ptr<int64_t>(),
-           sampling_locations.data_ptr<acc_t>(), attention_weights.data_ptr<acc_t>(), out.data_ptr<scalar_t>());
-  });
-  return out;
+  return chosen_isa().kernels->forward(value, spatial_shapes, level_start_index, sampling_locations,
+                                       attention_weights);
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                                      const at::Tensor& attention_weights, const at::Tensor& grad_output) {
-  const Problem pb = problem_of(value, sampling_locations);
-  const at::ScalarType acc_type = sampling_locations.scalar_type();
-  at::Tensor grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
-  at::Tensor grad_loc = at::empty_like(sampling_locations);
-  at::Tensor grad_attn = at::empty_like(attention_weights);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    auto kernel = pb.channels == 32 ? backward_kernel<scalar_t, 32> : backward_kernel<scalar_t, 0>;
-    kernel(pb, heads_per_task(pb), value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-           level_start_index.data_ptr<int64_t>(), sampling_locations.data_ptr<acc_t>(),
-           attention_weights.data_ptr<acc_t>(), grad_output.data_ptr<scalar_t>(), grad_value.data_ptr<acc_t>(),
-           grad_loc.data_ptr<acc_t>(), grad_attn.data_ptr<acc_t>());
-  });
-  return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
+  return chosen_isa().kernels->backward(value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights, grad_output);
 }
 
 }  // namespace mask2former
