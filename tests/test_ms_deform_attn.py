@@ -91,6 +91,19 @@ def assert_close_to_reference(fn, device, inputs, dtype, loc_dtype=None, rtol=1e
         torch.testing.assert_close(a.cpu().double(), b, rtol=r, atol=t, msg=lambda m: f"{name}: {m}")
 
 
+# (rtol, atol) of the output and the gradients of value, sampling locations and attention weights.
+FLOAT32_TOLERANCES = [(1e-5, 1e-5), (1e-5, 1e-5), (1e-4, 1e-4), (1e-5, 1e-5)]
+
+
+def reduced_precision_tolerances(dtype):
+    """
+    Values, outputs and value gradients are rounded to the 8/11-bit mantissa; location and weight gradients are
+    float32 sums over the rounded values, so they stay accurate to float32 precision.
+    """
+    eps = torch.finfo(dtype).eps
+    return [(2 * eps, 2 * eps), (2 * eps, 2 * eps), (1e-4, 1e-4), (1e-5, 1e-5)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("channels", [5, 32])
@@ -102,21 +115,18 @@ def test_kernel_matches_reference_float64(device, batch, channels):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("channels", [5, 32])
 def test_kernel_matches_reference_float32(device, batch, channels):
-    tols = [(1e-5, 1e-5), (1e-5, 1e-5), (1e-4, 1e-4), (1e-5, 1e-5)]
     assert_close_to_reference(
-        compiled(device), device, make_inputs(batch, channels=channels, seed=1), torch.float32, grad_tols=tols
+        compiled(device), device, make_inputs(batch, channels=channels, seed=1), torch.float32,
+        grad_tols=FLOAT32_TOLERANCES,
     )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_kernel_reduced_precision_accumulates_in_float32(device, dtype):
-    # Values, outputs and value gradients are rounded to the 8/11-bit mantissa; location and weight gradients are
-    # float32 sums over the rounded values, so they stay accurate to float32 precision.
-    eps = torch.finfo(dtype).eps
-    tols = [(2 * eps, 2 * eps), (2 * eps, 2 * eps), (1e-4, 1e-4), (1e-5, 1e-5)]
     assert_close_to_reference(
-        compiled(device), device, make_inputs(3, channels=32, seed=2), dtype, loc_dtype=torch.float32, grad_tols=tols
+        compiled(device), device, make_inputs(3, channels=32, seed=2), dtype, loc_dtype=torch.float32,
+        grad_tols=reduced_precision_tolerances(dtype),
     )
 
 
@@ -221,15 +231,13 @@ def test_cpu_kernels_run_the_widest_instruction_set_the_cpu_has():
 def test_cpu_kernels_of_every_instruction_set_match_the_reference(channels):
     module = kernels_for("cpu")
     inputs = make_inputs(3, channels=channels, seed=5)
-    fp32_tols = [(1e-5, 1e-5), (1e-5, 1e-5), (1e-4, 1e-4), (1e-5, 1e-5)]
     for isa in module.cpu_isas():
         with cpu_isa(isa):
             assert module.cpu_isa() == isa
             assert_close_to_reference(compiled("cpu"), "cpu", inputs, torch.float64)
-            assert_close_to_reference(compiled("cpu"), "cpu", inputs, torch.float32, grad_tols=fp32_tols)
+            assert_close_to_reference(compiled("cpu"), "cpu", inputs, torch.float32, grad_tols=FLOAT32_TOLERANCES)
             for dtype in (torch.bfloat16, torch.float16):
-                eps = torch.finfo(dtype).eps
-                tols = [(2 * eps, 2 * eps), (2 * eps, 2 * eps), (1e-4, 1e-4), (1e-5, 1e-5)]
+                tols = reduced_precision_tolerances(dtype)
                 assert_close_to_reference(
                     compiled("cpu"), "cpu", inputs, dtype, loc_dtype=torch.float32, grad_tols=tols
                 )

@@ -29,6 +29,8 @@ inline Problem problem_of(const at::Tensor& value, const at::Tensor& sampling_lo
 
 // Kernels compiled for one CPU instruction set (ms_deform_attn_cpu_kernels.h).
 struct CpuKernels {
+  const char* isa;      // "avx512", "avx2" or "baseline"
+  bool (*supported)();  // whether this CPU has the instruction set
   at::Tensor (*forward)(const at::Tensor& value, const at::Tensor& spatial_shapes,
                         const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                         const at::Tensor& attention_weights);

@@ -9,54 +9,44 @@
 #include <c10/util/Exception.h>
 
 #define M2F_CPU_KERNELS cpu_kernels_baseline
+#define M2F_CPU_ISA "baseline"
 #include "ms_deform_attn_cpu_kernels.h"
 
 namespace mask2former {
 namespace {
 
-struct CpuIsa {
-  const char* name;
-  const CpuKernels* kernels;
-};
-
-// The instruction sets of this build that the CPU supports, widest first.
-const std::vector<CpuIsa>& available_isas() {
-  static const std::vector<CpuIsa> isas = [] {
-    std::vector<CpuIsa> found;
+// The kernels of this build that the CPU runs, widest instruction set first.
+const std::vector<const CpuKernels*>& available_kernels() {
+  static const std::vector<const CpuKernels*> found = [] {
+    const std::vector<const CpuKernels*> built = {
 #ifdef M2F_CPU_DISPATCH
-    // The extensions each compilation targets (ms_deform_attn_cpu_avx2/avx512.cpp), by names GCC 9 knows.
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                      __builtin_cpu_supports("popcnt");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                        __builtin_cpu_supports("avx512cd");
-    if (avx512) {
-      found.push_back({"avx512", &cpu_kernels_avx512});
-    }
-    if (avx2) {
-      found.push_back({"avx2", &cpu_kernels_avx2});
-    }
+        &cpu_kernels_avx512,
+        &cpu_kernels_avx2,
 #endif
-    found.push_back({"baseline", &cpu_kernels_baseline});
-    return found;
+        &cpu_kernels_baseline};
+    std::vector<const CpuKernels*> supported;
+    for (const CpuKernels* kernels : built) {
+      if (kernels->supported()) {
+        supported.push_back(kernels);
+      }
+    }
+    return supported;
   }();
-  return isas;
+  return found;
 }
 
-const CpuIsa& chosen_isa() {
-  const std::vector<CpuIsa>& isas = available_isas();
+const CpuKernels& chosen_kernels() {
+  const std::vector<const CpuKernels*>& available = available_kernels();
   const char* requested = std::getenv("MASK2FORMER_CPU_ISA");
   if (requested == nullptr || *requested == '\0') {
-    return isas.front();
+    return *available.front();
   }
   std::string names;
-  for (const CpuIsa& isa : isas) {
-    if (std::strcmp(isa.name, requested) == 0) {
-      return isa;
+  for (const CpuKernels* kernels : available) {
+    if (std::strcmp(kernels->isa, requested) == 0) {
+      return *kernels;
     }
-    names += names.empty() ? isa.name : std::string(", ") + isa.name;
+    names += names.empty() ? kernels->isa : std::string(", ") + kernels->isa;
   }
   TORCH_CHECK(false, "MASK2FORMER_CPU_ISA=", requested,
               ": this build has no kernels for that instruction set on this CPU; set it to one of ", names,
@@ -65,12 +55,12 @@ const CpuIsa& chosen_isa() {
 
 }  // namespace
 
-std::string cpu_isa() { return chosen_isa().name; }
+std::string cpu_isa() { return chosen_kernels().isa; }
 
 std::vector<std::string> cpu_isas() {
   std::vector<std::string> names;
-  for (const CpuIsa& isa : available_isas()) {
-    names.push_back(isa.name);
+  for (const CpuKernels* kernels : available_kernels()) {
+    names.push_back(kernels->isa);
   }
   return names;
 }
@@ -78,14 +68,14 @@ std::vector<std::string> cpu_isas() {
 at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                        const at::Tensor& attention_weights) {
-  return chosen_isa().kernels->forward(value, spatial_shapes, level_start_index, sampling_locations,
+  return chosen_kernels().forward(value, spatial_shapes, level_start_index, sampling_locations,
                                        attention_weights);
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                                      const at::Tensor& attention_weights, const at::Tensor& grad_output) {
-  return chosen_isa().kernels->backward(value, spatial_shapes, level_start_index, sampling_locations,
+  return chosen_kernels().backward(value, spatial_shapes, level_start_index, sampling_locations,
                                         attention_weights, grad_output);
 }
 

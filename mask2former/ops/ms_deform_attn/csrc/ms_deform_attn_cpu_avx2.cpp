@@ -3,6 +3,11 @@
 
 #ifdef M2F_CPU_DISPATCH
 #define M2F_CPU_KERNELS cpu_kernels_avx2
+#define M2F_CPU_ISA "avx2"
 #define M2F_CPU_TARGET "avx2,fma,bmi,bmi2,popcnt"
+// Feature names that GCC 9 and later know.
+#define M2F_CPU_SUPPORTED                                                                                       \
+  (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&          \
+   __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("popcnt"))
 #include "ms_deform_attn_cpu_kernels.h"
 #endif

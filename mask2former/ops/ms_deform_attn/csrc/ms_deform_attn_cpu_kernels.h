@@ -5,12 +5,13 @@
 // the map point at a row of zeros (reads) or at a scratch row (gradient writes), so these loops have no branches
 // and vectorize. When D = 32 (all Mask2Former models) it is a compile-time constant and the rows live in registers.
 //
-// Each ms_deform_attn_cpu*.cpp compiles this file once, for one instruction set: it defines M2F_CPU_KERNELS, the
-// name of the CpuKernels it provides, and M2F_CPU_TARGET, the instruction-set extensions of its code (none for the
-// baseline). Everything is included before the target applies, so that only this file's own functions, which have
-// internal linkage, are compiled for it: the extensions never leak into inline functions shared with other files.
-// The target adds extensions and keeps the architecture, so that those inline functions (bfloat16 conversions,
-// the bilinear geometry) still inline into the kernels.
+// Each ms_deform_attn_cpu*.cpp compiles this file once, for one instruction set. It defines M2F_CPU_KERNELS, the
+// name of the CpuKernels it provides, and M2F_CPU_ISA, the instruction set's name; all but the baseline also define
+// M2F_CPU_TARGET, the extensions of its code, and M2F_CPU_SUPPORTED, the run-time test that the CPU has them.
+// Everything is included before the target applies, so that only this file's own functions, which have internal
+// linkage, are compiled for it: the extensions never leak into inline functions shared with other files. The target
+// adds extensions and keeps the architecture, so that those inline functions (bfloat16 conversions, the bilinear
+// geometry) still inline into the kernels.
 #include <algorithm>
 #include <vector>
 
@@ -23,6 +24,22 @@
 
 #include "bilinear.h"
 #include "ms_deform_attn.h"
+
+namespace mask2former {
+namespace {
+
+// Compiled before the target applies, so that it runs on any CPU.
+bool cpu_supported() {
+#ifdef M2F_CPU_TARGET
+  __builtin_cpu_init();
+  return M2F_CPU_SUPPORTED;
+#else
+  return true;
+#endif
+}
+
+}  // namespace
+}  // namespace mask2former
 
 #ifdef M2F_CPU_TARGET
 #define M2F_PRAGMA(text) _Pragma(#text)
@@ -217,6 +234,6 @@ std::vector<at::Tensor> backward(const at::Tensor& value, const at::Tensor& spat
 
 }  // namespace
 
-const CpuKernels M2F_CPU_KERNELS = {&forward, &backward};
+const CpuKernels M2F_CPU_KERNELS = {M2F_CPU_ISA, &cpu_supported, &forward, &backward};
 
 }  // namespace mask2former
