@@ -81,7 +81,8 @@ class MSDeformAttn(nn.Module):
         """
         Args:
             query: (N, Lq, C).
-            reference_points: (N, Lq, n_levels, 2) normalized (x, y) in [0, 1] on each level.
+            reference_points: (N, Lq, n_levels, 2) normalized (x, y) in [0, 1] on each level, or the same repeated
+                over heads and points by :meth:`repeat_reference_points`, which is faster to add to the offsets.
             input_flatten: (N, S, C), all levels flattened and concatenated.
             spatial_shapes: (n_levels, 2) int64 (H, W); level_start_index: (n_levels,) int64.
             padding_mask: optional (N, S) bool, True where ``input_flatten`` is padding.
@@ -96,15 +97,30 @@ class MSDeformAttn(nn.Module):
             value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
 
-        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
-        # Offsets are in pixels of each level: normalize by that level's (W, H).
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)[None, None, None, :, None, :]
-        locations = offsets.div_(normalizer).add_(reference_points[:, :, None, :, None, :])
+        # Offsets are in pixels of each level: divide them by that level's (W, H), as one row of (M * L * P * 2)
+        # divisors shared by all queries, then add the reference points. The sum takes the reference points' dtype
+        # (float32 under autocast).
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+        normalizer = normalizer[None, :, None, :].expand(self.n_heads, -1, self.n_points, -1).reshape(-1)
+        offsets = (self.sampling_offsets(query) / normalizer).view(
+            n, lq, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        if reference_points.dim() == 4:
+            reference_points = reference_points[:, :, None, :, None, :]
+        locations = reference_points + offsets
 
         output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(output)
+
+    def repeat_reference_points(self, reference_points):
+        """
+        (N, Lq, n_levels, 2) reference points repeated over heads and points, (N, Lq, M, L, P, 2) contiguous: the
+        layout of the sampling locations. Adding them needs no broadcast, whose short inner loops make the sum
+        several times slower on CPU; layers that share reference points share this tensor too.
+        """
+        return reference_points[:, :, None, :, None, :].expand(-1, -1, self.n_heads, -1, self.n_points, -1).contiguous()
 
 
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
@@ -157,6 +173,8 @@ class MSDeformAttnTransformerEncoder(nn.Module):
 
     def forward(self, src, spatial_shapes, level_start_index, valid_ratios, pos, padding_mask=None):
         reference_points = self.get_reference_points(level_shapes(spatial_shapes), valid_ratios, src.device)
+        if len(self.layers):
+            reference_points = self.layers[0].self_attn.repeat_reference_points(reference_points)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
