@@ -1,8 +1,8 @@
 """
-Export (issue 14): one exported file per reference_tiny model (tiny_swin to ONNX, tiny_r50 to TorchScript by the
-command line), traced at a third size, reproduces the original's predictions at both fixture sizes (A 320x480,
-B 257x391 padded to 288x416), and ``ExportedPredictor`` post-processes them into the same outputs as the PyTorch
-model, with the same function.
+Export (issue 14): each reference_tiny model exported to ONNX and to TorchScript (tiny_swin by the function, tiny_r50
+by the command line), traced at a third size; each file reproduces the original's predictions at both fixture sizes
+(A 320x480, B 257x391 padded to 288x416), and ``ExportedPredictor`` post-processes them into the same outputs as the
+PyTorch model, with the same function.
 """
 import json
 
@@ -13,7 +13,7 @@ import torch
 from conftest import CONFIGS, ROOT, load_script, make_cfg, split_overrides
 from test_reference_tiny import REF, build_reference_model, read_input
 
-from mask2former.export import ExportedPredictor, export_model
+from mask2former.export import FORMATS, ExportedPredictor, export_model
 from mask2former.export import predictor as predictor_module
 from mask2former.modeling import inference
 from mask2former.modeling.meta_arch import maskformer_model
@@ -30,28 +30,27 @@ def reference_cfg(name, extra=()):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (PyTorch model, {format: file}): tiny_swin to ONNX, tiny_r50 to TorchScript by the command line."""
+    """name -> (PyTorch model, {format: file}): tiny_swin by the function, tiny_r50 by the command line."""
     torch.set_num_threads(2)
     folder = tmp_path_factory.mktemp("export")
     swin = build_reference_model("tiny_swin")
-    onnx_file = folder / "tiny_swin.onnx"
-    export_model(swin, reference_cfg("tiny_swin"), onnx_file, "onnx", sample_size=TRACE_SIZE)
+    swin_files = {fmt: folder / f"tiny_swin.{fmt}" for fmt in FORMATS}
+    for fmt, path in swin_files.items():
+        export_model(swin, reference_cfg("tiny_swin"), path, fmt, sample_size=TRACE_SIZE)
 
     spec = json.loads((REF / "tiny_r50_overrides.json").read_text())
-    script_file = folder / "tiny_r50.torchscript"
+    r50_files = {fmt: folder / f"tiny_r50.{fmt}" for fmt in FORMATS}
     cli = load_script(ROOT / "tools/export_model.py")
-    assert cli.main([
-        "--config-file", str(CONFIGS.parent / spec["config"]), "--weights", str(REF / "tiny_r50.pkl"),
-        "--format", "torchscript", "--output", str(script_file), "--sample-size", *map(str, TRACE_SIZE),
-        "--opts", *split_overrides(spec["overrides"] + spec["forced_overrides"][:1]),
-    ]) == 0
-    return {
-        "tiny_swin": (swin, {"onnx": onnx_file}),
-        "tiny_r50": (build_reference_model("tiny_r50"), {"torchscript": script_file}),
-    }
+    for fmt, path in r50_files.items():
+        assert cli.main([
+            "--config-file", str(CONFIGS.parent / spec["config"]), "--weights", str(REF / "tiny_r50.pkl"),
+            "--format", fmt, "--output", str(path), "--sample-size", *map(str, TRACE_SIZE),
+            "--opts", *split_overrides(spec["overrides"] + spec["forced_overrides"][:1]),
+        ]) == 0
+    return {"tiny_swin": (swin, swin_files), "tiny_r50": (build_reference_model("tiny_r50"), r50_files)}
 
 
-CASES = [("tiny_swin", "onnx"), ("tiny_r50", "torchscript")]
+CASES = [(name, fmt) for name in ("tiny_swin", "tiny_r50") for fmt in FORMATS]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=["-".join(c) for c in CASES])
@@ -141,9 +140,10 @@ def test_exported_file_rejects_a_size_that_is_not_a_multiple(exported, name, fmt
         predictor.run(torch.zeros((1, 3, 257, 391)))
 
 
-@pytest.mark.parametrize("name, other, fmt", [("tiny_swin", "tiny_r50", "onnx"), ("tiny_r50", "tiny_swin", "torchscript")])
-def test_exported_file_rejects_another_config(exported, name, other, fmt):
+@pytest.mark.parametrize("name, fmt", CASES)
+def test_exported_file_rejects_another_config(exported, name, fmt):
     path = exported[name][1][fmt]
+    other = next(n for n in exported if n != name)
     with pytest.raises(ValueError, match=r"exported from another config: MODEL.MASK_FORMER.HIDDEN_DIM: file 32, config 64"):
         ExportedPredictor(path, reference_cfg(name, ["MODEL.MASK_FORMER.HIDDEN_DIM 64"]))
     with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME"):
