@@ -20,6 +20,7 @@ from mask2former.ops.ms_deform_attn import (
     cpu_isa,
     kernels,
     kernels_for,
+    level_starts,
     ms_deform_attn,
     ms_deform_attn_reference,
     reference_only,
@@ -48,7 +49,7 @@ def make_inputs(batch, queries=6, heads=2, channels=5, points=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     shapes = torch.tensor(LEVELS)
     sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    starts = level_starts(shapes)
     value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=g, dtype=torch.float64)
     locations = torch.rand(batch, queries, heads, len(LEVELS), points, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
     weights = torch.rand(batch, queries, heads, len(LEVELS), points, generator=g, dtype=torch.float64)

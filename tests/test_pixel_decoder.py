@@ -8,6 +8,7 @@ import torch
 
 from mask2former.modeling.pixel_decoder import msdeformattn
 from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttn
+from mask2former.ops.ms_deform_attn import level_starts
 
 # Level sizes that are not powers of two, so that dividing by them rounds.
 SHAPES = [(6, 9), (3, 5), (2, 3)]
@@ -22,10 +23,9 @@ def attention():
         module.attention_weights.weight.normal_(0, 0.5)
     n, lq = 2, sum(h * w for h, w in SHAPES)
     spatial_shapes = torch.tensor(SHAPES)
-    level_start_index = torch.cat([torch.zeros(1, dtype=torch.long), spatial_shapes.prod(1).cumsum(0)[:-1]])
     query, memory = torch.randn(n, lq, 32), torch.randn(n, lq, 32)
     reference_points = torch.rand(n, lq, len(SHAPES), 2)
-    return module, (query, reference_points, memory, spatial_shapes, level_start_index)
+    return module, (query, reference_points, memory, spatial_shapes, level_starts(spatial_shapes))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -18,7 +18,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from ...ops.ms_deform_attn import level_shapes, ms_deform_attn
+from ...ops.ms_deform_attn import level_shapes, level_starts, ms_deform_attn
 from ..layers import NUM_DECODER_FEATURE_LEVELS, PositionEmbeddingSine, apply_by_token_chunks
 
 
@@ -228,7 +228,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             spatial_shapes = torch.stack([torch.stack(shape) for shape in shapes]).to(src_flatten.device)
         else:
             spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flatten.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        level_start_index = level_starts(spatial_shapes)
         # Images are zero-padded, not masked: every pixel is valid on every level.
         valid_ratios = torch.ones((n, len(srcs), 2), dtype=torch.float32, device=src_flatten.device)
         memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten)

@@ -17,13 +17,14 @@ import torch
 from . import self_check
 from .function import MSDeformAttnFunction
 from .kernels import kernels_for
-from .reference import level_shapes, ms_deform_attn_reference
+from .reference import level_shapes, level_starts, ms_deform_attn_reference
 
 __all__ = [
     "MSDeformAttnFunction",
     "cpu_isa",
     "kernels_for",
     "level_shapes",
+    "level_starts",
     "ms_deform_attn",
     "ms_deform_attn_reference",
     "reference_only",
@@ -101,7 +102,7 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
             raise ValueError(
                 f"value has S={s} pixels but spatial_shapes {spatial_shapes.tolist()} add up to {int(sizes.sum())}"
             )
-        starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        starts = level_starts(spatial_shapes.long())
         if not torch.equal(level_start_index.long(), starts):
             raise ValueError(
                 f"level_start_index {level_start_index.tolist()} does not match spatial_shapes: "

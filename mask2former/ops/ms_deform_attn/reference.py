@@ -13,6 +13,12 @@ def level_shapes(spatial_shapes):
     return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
+def level_starts(spatial_shapes):
+    """(L,) offset of each level in the flattened, concatenated levels of an (L, 2) ``spatial_shapes``."""
+    sizes = spatial_shapes.prod(1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+
+
 def ms_deform_attn_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """
     Args:

@@ -17,7 +17,7 @@ import torch
 
 from . import build
 from .function import MSDeformAttnFunction
-from .reference import ms_deform_attn_reference
+from .reference import level_starts, ms_deform_attn_reference
 
 ENV_SWITCH = "MASK2FORMER_OP_SELF_CHECK"
 # Channels per head of the check's problems: 32 (all Mask2Former models; the CPU kernel's fixed-size path), 64 and
@@ -67,7 +67,7 @@ def check_problem(channels, seed=0):
     batch, queries, heads, points = 2, 5, 2, 4
     shapes = torch.tensor(LEVELS)
     sizes = shapes.prod(1)
-    starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    starts = level_starts(shapes)
     value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=g, dtype=torch.float64)
     locations = torch.rand(batch, queries, heads, len(LEVELS), points, 2, generator=g, dtype=torch.float64) * 1.6 - 0.3
     locations[:, 0, :, :, 0] = 0.0
