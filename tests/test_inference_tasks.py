@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from conftest import R50, TINY_MODEL, make_cfg
 from mask2former.modeling.inference import maskformer_inference
+from mask2former.modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
 
 ONLY = {
     "semantic": ["SEMANTIC_ON True", "INSTANCE_ON False", "PANOPTIC_ON False"],
@@ -107,3 +108,34 @@ def test_instance_only_without_thing_metadata_needs_none():
     model = _model("instance", ("DATASETS.TRAIN ()",))
     instances = _infer(model, *_predictions(), 8, 8)["instances"]
     assert set(instances.pred_classes.tolist()) == set(range(6))
+
+
+def test_all_outputs_equal_each_function_on_the_logits():
+    # Post-processing overwrites its full-resolution mask logits with probabilities once the instance masks are
+    # binarized; each output must still be what its function gives on the logits, and the caller's tensors stay.
+    mask_cls, mask_pred = _predictions()
+    # Logits just above 0 whose sigmoid rounds to 0.5: inside the mask only if binarized from the logits.
+    mask_pred[1, :2] = 1e-9
+    inputs = (mask_cls.clone(), mask_pred.clone())
+    model = _model("all")
+    settings = model.inference_settings
+    result = _infer(model, mask_cls, mask_pred, 8, 8)
+    assert torch.equal(mask_cls, inputs[0]) and torch.equal(mask_pred, inputs[1])
+
+    torch.testing.assert_close(result["sem_seg"], semantic_inference(mask_cls, mask_pred), rtol=0, atol=0)
+    panoptic_seg, segments_info = panoptic_inference(
+        mask_cls,
+        mask_pred,
+        num_classes=6,
+        thing_classes=settings.thing_classes,
+        object_mask_threshold=settings.object_mask_threshold,
+        overlap_threshold=settings.overlap_threshold,
+    )
+    assert torch.equal(result["panoptic_seg"][0], panoptic_seg) and result["panoptic_seg"][1] == segments_info
+    instances = instance_inference(
+        mask_cls, mask_pred, num_classes=6, topk=settings.test_topk_per_image, thing_classes=settings.thing_classes
+    )
+    for field in ("pred_classes", "scores", "pred_masks"):
+        assert torch.equal(result["instances"].get(field), instances.get(field)), field
+    thing_query = result["instances"].query_indices.eq(1)
+    assert thing_query.any() and bool(result["instances"].pred_masks[thing_query][:, :2].eq(1).all())

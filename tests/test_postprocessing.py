@@ -135,7 +135,7 @@ def test_batched_instance_inference_equals_the_loop(seed, thing_classes):
     mask_cls, mask_pred = _random_predictions(seed)
     kwargs = dict(num_classes=7, topk=50, thing_classes=thing_classes)
     loop = instance_inference(mask_cls, mask_pred, batched=False, **kwargs)
-    batched = instance_inference(mask_cls, mask_pred, batched=True, mask_prob=mask_pred.sigmoid(), **kwargs)
+    batched = instance_inference(mask_cls, mask_pred, batched=True, **kwargs)
     top_classes = instance_inference(mask_cls, mask_pred, num_classes=7, topk=50).pred_classes.tolist()
     assert len(loop) == len(batched) == len([c for c in top_classes if thing_classes is None or c in thing_classes])
     for field in ("pred_classes", "query_indices", "pred_masks"):

@@ -78,22 +78,35 @@ def maskformer_inference(pred_logits, pred_masks, padded_size, image_sizes, outp
 
 
 def _inference_single(mask_cls, mask_pred, image_size, height, width, settings):
-    """Outputs of one image from its (Q, K+1) logits and (Q, Hp, Wp) mask logits at the padded input size."""
+    """
+    Outputs of one image from its (Q, K+1) logits and (Q, Hp, Wp) mask logits at the padded input size. The mask
+    logits are this function's to overwrite: once instance inference has binarized them, the probabilities that
+    semantic and panoptic inference share replace them in place, so that post-processing holds one full-resolution
+    (Q, H, W) tensor instead of two (on CPU, each is hundreds of MB of fresh memory per image).
+    """
     result = {}
     if settings.sem_seg_postprocess_before_inference:
         mask_pred = retry_if_cuda_oom(resize_to_output)(mask_pred, image_size, height, width)
         mask_cls = mask_cls.to(mask_pred)
-    # Shared by all outputs.
-    mask_prob = retry_if_cuda_oom(torch.sigmoid)(mask_pred)
+    if settings.instance_on:
+        instances = retry_if_cuda_oom(instance_inference)(
+            mask_cls,
+            mask_pred,
+            num_classes=settings.num_classes,
+            topk=settings.test_topk_per_image,
+            thing_classes=settings.thing_classes if settings.panoptic_on else None,
+        )
+    if settings.semantic_on or settings.panoptic_on:
+        mask_prob = mask_pred.sigmoid_()
     if settings.semantic_on:
-        sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred, mask_prob=mask_prob)
+        sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_prob, mask_prob=mask_prob)
         if not settings.sem_seg_postprocess_before_inference:
             sem_seg = retry_if_cuda_oom(resize_to_output)(sem_seg, image_size, height, width)
         result["sem_seg"] = sem_seg
     if settings.panoptic_on:
         result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
             mask_cls,
-            mask_pred,
+            mask_prob,
             num_classes=settings.num_classes,
             thing_classes=settings.thing_classes,
             object_mask_threshold=settings.object_mask_threshold,
@@ -101,14 +114,7 @@ def _inference_single(mask_cls, mask_pred, image_size, height, width, settings):
             mask_prob=mask_prob,
         )
     if settings.instance_on:
-        result["instances"] = retry_if_cuda_oom(instance_inference)(
-            mask_cls,
-            mask_pred,
-            num_classes=settings.num_classes,
-            topk=settings.test_topk_per_image,
-            thing_classes=settings.thing_classes if settings.panoptic_on else None,
-            mask_prob=mask_prob,
-        )
+        result["instances"] = instances
     return result
 
 

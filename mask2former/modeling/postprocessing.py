@@ -2,8 +2,10 @@
 Turning per-query class logits and mask logits of one image into semantic, panoptic and instance outputs.
 
 All functions take ``mask_cls`` (Q, K+1) logits, the last column being "no object", and ``mask_pred`` (Q, H, W)
-mask logits already at the output resolution. Optionally they take ``mask_prob``, ``mask_pred.sigmoid()`` computed
-once by a caller that wants several outputs: at full resolution it is one of the costliest steps.
+mask logits already at the output resolution. Semantic and panoptic inference optionally take ``mask_prob``,
+``mask_pred.sigmoid()`` computed once by a caller that wants both: at full resolution it is one of the costliest
+steps. Instance inference needs the logits themselves (a mask is logit > 0) and computes the probabilities of the
+masks it scores.
 
 Panoptic and instance inference have two equivalent code paths, chosen by ``batched`` (default: by device). On
 CUDA they work on all queries at once, without per-query Python loops or host syncs per query; on CPU a loop over
@@ -143,7 +145,6 @@ def instance_inference(
     num_classes: int,
     topk: int,
     thing_classes: Optional[Collection[int]] = None,
-    mask_prob=None,
     batched: Optional[bool] = None,
 ):
     """
@@ -172,12 +173,13 @@ def instance_inference(
     if (mask_pred.is_cuda if batched is None else batched):
         # Many pairs share a query: each selected query's mask is binarized, scored and boxed once.
         queries, source = torch.unique(query_indices, return_inverse=True)
-        binary = mask_pred[queries].gt(0).to(mask_pred.dtype)
-        prob = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
+        selected = mask_pred[queries]
+        binary = selected.gt(0).to(mask_pred.dtype)
+        prob = selected.sigmoid_()
         mask_scores = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
         masks, rows_max, cols_max = binary[source], binary.amax(2)[source], binary.amax(1)[source]
     else:
-        masks, mask_scores, rows_max, cols_max, source = _instance_masks_loop(mask_pred, mask_prob, query_indices)
+        masks, mask_scores, rows_max, cols_max, source = _instance_masks_loop(mask_pred, query_indices)
     result.pred_masks = masks
     result.pred_boxes = Boxes(_boxes_from_projections(rows_max > 0, cols_max > 0))
     result.scores = scores_per_image * mask_scores[source]
@@ -186,7 +188,7 @@ def instance_inference(
     return result
 
 
-def _instance_masks_loop(mask_pred, mask_prob, query_indices):
+def _instance_masks_loop(mask_pred, query_indices):
     """
     ``instance_inference``'s binary masks (N, H, W) of the selected queries, the scores of the distinct queries'
     masks, the masks' row and column maxima, and each pair's index into the scores. Many pairs share a query: each
@@ -201,14 +203,17 @@ def _instance_masks_loop(mask_pred, mask_prob, query_indices):
     mask_scores = mask_pred.new_zeros(len(source))
     rows_max = mask_pred.new_zeros((len(source), h))
     cols_max = mask_pred.new_zeros((len(source), w))
+    # One buffer for every query's probability x binary mask: fresh full-resolution temporaries would be faulted in
+    # anew by the OS for each query whenever the allocator hands their pages back in between.
+    weighted = mask_pred.new_empty((h, w))
     for j, q in enumerate(pair_queries):
         if source[j] != j:
             masks[j] = masks[source[j]]
             continue
         # Comparing into a float tensor is several times faster on CPU than making a bool mask and converting it.
         binary = torch.gt(mask_pred[q], 0, out=masks[j])
-        prob = mask_pred[q].sigmoid() if mask_prob is None else mask_prob[q]
-        mask_scores[j] = (prob * binary).sum() / (binary.sum() + 1e-6)
+        torch.sigmoid(mask_pred[q], out=weighted).mul_(binary)
+        mask_scores[j] = weighted.sum() / (binary.sum() + 1e-6)
         rows_max[j], cols_max[j] = binary.amax(1), binary.amax(0)
     source = torch.as_tensor(source, dtype=torch.long, device=mask_pred.device)
     return masks, mask_scores, rows_max[source], cols_max[source], source
