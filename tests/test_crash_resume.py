@@ -102,8 +102,12 @@ def test_preemption_signal_saves_and_stops_at_the_iteration_boundary(tmp_path, s
     assert signal.getsignal(signum) == handler_before, "the hook must restore the previous handler"
 
 
-def _signal_ready_then_sleep(running):
-    running.set()
+def _report_handlers_then_sleep(pipe):
+    pipe.send([signal.getsignal(signum) for signum in PreemptionCheckpoint.SIGNALS])
+    time.sleep(60)
+
+
+def _sleep():
     time.sleep(60)
 
 
@@ -111,23 +115,37 @@ def _signal_ready_then_sleep(running):
 def test_processes_forked_during_training_still_stop_on_the_signal(signum):
     # The panoptic evaluation's process pool and the data-loader workers are forked while the hook is active, and
     # their parents stop them with SIGTERM: a child that caught it would never exit and its parent would wait forever.
+    # The pool stops its workers as soon as its tasks are done, possibly before a worker's interpreter has finished
+    # forking, when Python drops a signal that a Python handler caught: so the signal also goes out at once.
     hook = PreemptionCheckpoint()
     hook.before_train()
     context = multiprocessing.get_context("fork")
-    running = context.Event()
-    child = context.Process(target=_signal_ready_then_sleep, args=(running,))
+    children = []
     try:
-        child.start()
-        # Python drops signals that reach a child before its interpreter finished the fork: send it once running.
-        assert running.wait(timeout=20)
-        os.kill(child.pid, signum)
-        child.join(timeout=20)
-        assert child.exitcode == -signum, "the forked child caught the signal instead of stopping"
+        receiver, sender = context.Pipe(duplex=False)
+        running = context.Process(target=_report_handlers_then_sleep, args=(sender,))
+        children.append(running)
+        running.start()
+        assert receiver.poll(timeout=20)
+        assert receiver.recv() == [signal.SIG_DFL, signal.SIG_DFL], "the child must get the handlers back"
+        os.kill(running.pid, signum)
+        running.join(timeout=20)
+        assert running.exitcode == -signum, "the forked child caught the signal instead of stopping"
+        for _ in range(10):
+            child = context.Process(target=_sleep)
+            children.append(child)
+            child.start()
+            os.kill(child.pid, signum)
+            child.join(timeout=20)
+            assert child.exitcode == -signum, "a signal sent while the child was being forked was lost"
+        assert signal.getsignal(signum) == hook._request, "the parent keeps the hook's handler"
     finally:
-        if child.is_alive():
-            child.kill()
-            child.join()
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
         hook.after_train()
+    assert signal.getsignal(signum) == signal.SIG_DFL
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,49 @@ class TrainingPreempted(BaseException):
     """
 
 
+# While a PreemptionCheckpoint has its handlers installed: the handlers that it replaced, which processes forked by
+# this one (data-loader workers, the panoptic evaluation's process pool) get back, and, per forking thread, the
+# signal mask to restore after the fork.
+_handlers_for_forked_children = {}
+_mask_before_fork = threading.local()
+
+
+def _block_signals_before_fork():
+    """
+    Keep the preemption signals blocked across a fork until the child has its handlers back. A parent may stop a
+    child with SIGTERM before the child's interpreter finished forking (the evaluation's pool does, when it is
+    collected right after its tasks), and Python drops a signal that its handler caught then: the child would wait
+    forever, and its parent with it. Blocked, the signal waits in the kernel for the restored handler.
+    """
+    if _handlers_for_forked_children:
+        _mask_before_fork.saved = signal.pthread_sigmask(signal.SIG_BLOCK, PreemptionCheckpoint.SIGNALS)
+
+
+def _unblock_signals_in_parent():
+    saved = getattr(_mask_before_fork, "saved", None)
+    if saved is not None:
+        _mask_before_fork.saved = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+def _restore_handlers_in_child():
+    saved = getattr(_mask_before_fork, "saved", None)
+    if saved is None:
+        return
+    for signum, handler in _handlers_for_forked_children.items():
+        signal.signal(signum, handler)
+    _handlers_for_forked_children.clear()
+    _mask_before_fork.saved = None
+    signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+os.register_at_fork(
+    before=_block_signals_before_fork,
+    after_in_parent=_unblock_signals_in_parent,
+    after_in_child=_restore_handlers_in_child,
+)
+
+
 class PreemptionCheckpoint(HookBase):
     """
     Save a checkpoint and stop at the next iteration boundary after SIGTERM or SIGUSR1, the signals schedulers
@@ -54,6 +97,7 @@ class PreemptionCheckpoint(HookBase):
 
     The signal may reach only some processes of a distributed run: after every iteration the ranks take the
     maximum of their flags (one tiny all-reduce over a gloo group), so all of them stop after the same iteration.
+    Processes forked during training get the previous handlers back, so that their parents can still stop them.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -62,15 +106,16 @@ class PreemptionCheckpoint(HookBase):
         self._requested = False
         self._previous_handlers = {}
         self._group = None
-        self._pid = None  # the training process, which installed the handlers
 
     def before_train(self):
         if threading.current_thread() is not threading.main_thread():
             logger.warning("Training runs outside the main thread: SIGTERM/SIGUSR1 will not save a checkpoint")
             return
-        self._pid = os.getpid()
         for signum in self.SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, self._request)
+            previous = signal.signal(signum, self._request)
+            # None: a handler installed outside Python, which cannot be put back; the child gets the default.
+            self._previous_handlers[signum] = signal.SIG_DFL if previous is None else previous
+            _handlers_for_forked_children.setdefault(signum, self._previous_handlers[signum])
         if comm.get_world_size() > 1:
             # CPU tensors over gloo whatever the training backend, so that the check never touches the GPU stream.
             self._group = dist.new_group(backend="gloo")
@@ -80,13 +125,6 @@ class PreemptionCheckpoint(HookBase):
         )
 
     def _request(self, signum, frame):
-        if os.getpid() != self._pid:
-            # A process forked during training (a data-loader worker, the panoptic evaluation's process pool)
-            # inherited this handler; its parent stops it with SIGTERM, so it reacts as it did before the hook.
-            previous = self._previous_handlers.get(signum)
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
-            signal.raise_signal(signum)
-            return
         self._requested = True
 
     def after_step(self):
@@ -107,6 +145,8 @@ class PreemptionCheckpoint(HookBase):
     def after_train(self):
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
+            if _handlers_for_forked_children.get(signum) is handler:
+                del _handlers_for_forked_children[signum]
         self._previous_handlers.clear()
         if self._group is not None:
             dist.destroy_process_group(self._group)
