@@ -47,10 +47,10 @@ class TrainingPreempted(BaseException):
     """
 
 
-# While a PreemptionCheckpoint has its handlers installed: the handlers that it replaced, which processes forked by
-# this one (data-loader workers, the panoptic evaluation's process pool) get back, and, per forking thread, the
-# signal mask to restore after the fork.
-_handlers_for_forked_children = {}
+# The PreemptionCheckpoints whose handlers are installed, outermost first: processes forked by this one (data-loader
+# workers, the panoptic evaluation's process pool) get back the handlers that the outermost replaced. Per forking
+# thread, the signal mask to restore after the fork.
+_active_hooks = []
 _mask_before_fork = threading.local()
 
 
@@ -61,7 +61,7 @@ def _block_signals_before_fork():
     collected right after its tasks), and Python drops a signal that its handler caught then: the child would wait
     forever, and its parent with it. Blocked, the signal waits in the kernel for the restored handler.
     """
-    if _handlers_for_forked_children:
+    if _active_hooks:
         _mask_before_fork.saved = signal.pthread_sigmask(signal.SIG_BLOCK, PreemptionCheckpoint.SIGNALS)
 
 
@@ -76,9 +76,9 @@ def _restore_handlers_in_child():
     saved = getattr(_mask_before_fork, "saved", None)
     if saved is None:
         return
-    for signum, handler in _handlers_for_forked_children.items():
+    for signum, handler in _active_hooks[0]._previous_handlers.items():
         signal.signal(signum, handler)
-    _handlers_for_forked_children.clear()
+    _active_hooks.clear()
     _mask_before_fork.saved = None
     signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
@@ -115,7 +115,7 @@ class PreemptionCheckpoint(HookBase):
             previous = signal.signal(signum, self._request)
             # None: a handler installed outside Python, which cannot be put back; the child gets the default.
             self._previous_handlers[signum] = signal.SIG_DFL if previous is None else previous
-            _handlers_for_forked_children.setdefault(signum, self._previous_handlers[signum])
+        _active_hooks.append(self)
         if comm.get_world_size() > 1:
             # CPU tensors over gloo whatever the training backend, so that the check never touches the GPU stream.
             self._group = dist.new_group(backend="gloo")
@@ -145,9 +145,9 @@ class PreemptionCheckpoint(HookBase):
     def after_train(self):
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
-            if _handlers_for_forked_children.get(signum) is handler:
-                del _handlers_for_forked_children[signum]
         self._previous_handlers.clear()
+        if self in _active_hooks:
+            _active_hooks.remove(self)
         if self._group is not None:
             dist.destroy_process_group(self._group)
             self._group = None
