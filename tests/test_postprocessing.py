@@ -175,3 +175,21 @@ def test_query_keeping_exactly_the_overlap_threshold_of_its_mask_stays(batched, 
     )
     assert [s["category_id"] for s in segments_info] == ([1, 0] if kept else [1])
     assert (panoptic_seg == 2).sum() == (5 if kept else 0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_pixels_tied_between_queries_go_to_the_first(batched):
+    # Queries 1 and 2 have the same class score and the same mask: every pixel of it is a tie, which the original's
+    # argmax gives to the first (query 1). Query 0, less confident and overlapping, keeps the pixels it wins alone.
+    mask_cls = torch.full((3, 4), -10.0)
+    mask_cls[0, 2], mask_cls[1, 0], mask_cls[2, 1] = 5.0, 10.0, 10.0
+    mask_pred = torch.full((3, 6, 6), -10.0)
+    mask_pred[0, :4, :] = 10.0
+    mask_pred[1:, 2:, :] = 10.0
+    panoptic_seg, segments_info = panoptic_inference(
+        mask_cls, mask_pred, num_classes=3, thing_classes={0, 1, 2}, object_mask_threshold=0.8,
+        overlap_threshold=0.3, batched=batched,
+    )
+    assert [s["category_id"] for s in segments_info] == [2, 0]
+    assert torch.equal(panoptic_seg[:2], torch.full((2, 6), 1, dtype=torch.int32))
+    assert torch.equal(panoptic_seg[2:], torch.full((4, 6), 2, dtype=torch.int32))

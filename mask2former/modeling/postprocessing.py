@@ -60,28 +60,29 @@ def panoptic_inference(
     if mask_prob is None:
         mask_prob = mask_pred.sigmoid()
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_prob[keep]
+    kept_queries = keep.nonzero()[:, 0]
+    cur_classes = labels[kept_queries]
 
     h, w = mask_prob.shape[-2:]
     panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=mask_prob.device)
     segments_info = []
-    if cur_masks.shape[0] == 0:
+    num_kept = kept_queries.numel()
+    if num_kept == 0:
         return panoptic_seg, segments_info
 
-    num_kept = cur_masks.shape[0]
-    winner = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
-    own = cur_masks >= 0.5
+    batched = mask_prob.is_cuda if batched is None else batched
+    winner, own_area = (_winners_batched if batched else _winners_loop)(mask_prob, scores, kept_queries)
     # A pixel can only go to the query that wins it, so all per-query areas come from one pass over the winners.
-    visible = own.gather(0, winner[None])[0]
+    visible = mask_prob.gather(0, kept_queries[winner][None])[0] >= 0.5
     won_area = torch.bincount(winner.flatten(), minlength=num_kept)
     visible_area = torch.bincount(winner[visible], minlength=num_kept)
-    if (mask_prob.is_cuda if batched is None else batched):
+    if batched:
         query_segment_ids, segments_info = _segment_ids_batched(
-            cur_classes, won_area, visible_area, own.flatten(1).sum(1), thing_classes, num_classes, overlap_threshold
+            cur_classes, won_area, visible_area, own_area, thing_classes, num_classes, overlap_threshold
         )
         return torch.where(visible, query_segment_ids[winner], panoptic_seg), segments_info
 
-    won_area, visible_area, own_area = won_area.tolist(), visible_area.tolist(), own.flatten(1).sum(1).tolist()
+    won_area, visible_area, own_area = won_area.tolist(), visible_area.tolist(), own_area.tolist()
     query_segment_ids = [0] * num_kept
     stuff_segment_ids = {}
     segment_id = 0
@@ -102,6 +103,37 @@ def panoptic_inference(
     query_segment_ids = torch.tensor(query_segment_ids, dtype=torch.int32, device=panoptic_seg.device)
     panoptic_seg = torch.where(visible, query_segment_ids[winner], panoptic_seg)
     return panoptic_seg, segments_info
+
+
+def _winners_batched(mask_prob, scores, kept_queries):
+    """
+    Per pixel, the index into ``kept_queries`` of the query with the highest score x mask probability (the first
+    one on ties), and per kept query the area of its own mask (probability >= 0.5); all queries at once.
+    """
+    masks = mask_prob[kept_queries]
+    winner = (scores[kept_queries].view(-1, 1, 1) * masks).argmax(0)
+    return winner, (masks >= 0.5).flatten(1).sum(1)
+
+
+def _winners_loop(mask_prob, scores, kept_queries):
+    """
+    ``_winners_batched``'s results, one query at a time in (H, W) buffers: the batched form copies the kept masks
+    and their products (hundreds of MB at full resolution) and its argmax across queries is slow on CPU (5x faster
+    for 30 queries at 800x1216). A pixel changes hands only to a strictly higher product, so ties go to the first.
+    """
+    h, w = mask_prob.shape[-2:]
+    best = mask_prob.new_full((h, w), float("-inf"))
+    product = mask_prob.new_empty((h, w))
+    higher = torch.empty((h, w), dtype=torch.bool, device=mask_prob.device)
+    winner = torch.zeros((h, w), dtype=torch.long, device=mask_prob.device)
+    own_area = torch.empty(kept_queries.numel(), dtype=torch.long, device=mask_prob.device)
+    for k, q in enumerate(kept_queries.tolist()):
+        torch.mul(scores[q], mask_prob[q], out=product)
+        torch.gt(product, best, out=higher)
+        torch.maximum(best, product, out=best)
+        winner.masked_fill_(higher, k)
+        own_area[k] = torch.count_nonzero(mask_prob[q] >= 0.5)
+    return winner, own_area
 
 
 def _is_thing_table(thing_classes, size, device):
