@@ -70,3 +70,41 @@ def test_cuda_without_a_gpu_is_a_clear_error(benchmark, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         benchmark.main(["--config-file", str(CONFIGS.parent / SPEC["config"]), "--device", "cuda"])
+
+
+
+def test_compares_float32_and_autocast_in_alternating_pairs(benchmark, monkeypatch, capsys):
+    from mask2former.modeling.meta_arch.maskformer_model import MaskFormer
+
+    precisions = []
+    inference_autocast = MaskFormer._inference_autocast
+
+    def recorded(self):
+        precisions.append(self.autocast_dtype)
+        return inference_autocast(self)
+
+    monkeypatch.setattr(MaskFormer, "_inference_autocast", recorded)
+    args = tiny_args("--skip-train", "--skip-flops", "--iters", "3", "--compare-autocast", "bfloat16")
+    results = benchmark.main(args)
+    # The configured precision (float32) for the plain measurement, then the pairs (--warmup 0), the order swapped
+    # every pair.
+    bf16 = torch.bfloat16
+    assert all(p is None for p in precisions[:-6])
+    assert precisions[-6:] == [None, bf16, bf16, None, None, bf16]
+
+    cmp = results["autocast_comparison"]
+    assert cmp["dtype"] == "bfloat16" and cmp["pairs"] == 3
+    ratios = [a / f for f, a in zip(cmp["float32_ms"], cmp["autocast_ms"])]
+    assert cmp["ratio_median"] == pytest.approx(sorted(ratios)[1])
+    assert (cmp["ratio_min"], cmp["ratio_max"]) == pytest.approx((min(ratios), max(ratios)))
+    assert cmp["float32_ms_median"] == pytest.approx(sorted(cmp["float32_ms"])[1])
+    assert "alternating pairs" in capsys.readouterr().out
+    assert isinstance(results["env"]["bf16_matrix_flags"], list)
+
+
+def test_the_comparison_leaves_the_model_in_its_configured_precision(benchmark):
+    model = build_reference_model("tiny_r50")
+    model.autocast_dtype = torch.bfloat16
+    args = benchmark.parse_args(tiny_args("--warmup", "1", "--iters", "2"))
+    cmp = benchmark.compare_autocast(model, read_input("B"), args, benchmark.Clock(torch.device("cpu")), "float16")
+    assert cmp["pairs"] == 2 and model.autocast_dtype == torch.bfloat16

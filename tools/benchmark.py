@@ -12,6 +12,9 @@ Example (--opts, if any, goes last):
         --config-file configs/coco/panoptic-segmentation/swin/maskformer2_swin_tiny_bs16_50ep.yaml \
         --device cpu --input-size 800 1216 --skip-train --json bench.json \
         --opts MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE bfloat16
+
+``--compare-autocast bfloat16`` adds float32 against bfloat16 autocast on the same model, in alternating pairs (the
+ratio the CPU bfloat16 path is judged by), and the table names the CPU's bf16 matrix instructions.
 """
 import argparse
 import contextlib
@@ -32,6 +35,7 @@ from tabulate import tabulate
 
 from mask2former import get_maskformer2_cfg
 from mask2former.checkpoint import SafeCheckpointer
+from mask2former.modeling.cpu_features import NATIVE_BF16_FLAGS, cpu_flags
 from mask2former.ops.ms_deform_attn import kernels_for, reference_only
 
 STAGES = ("preprocessing", "backbone", "pixel decoder", "transformer decoder", "post-processing")
@@ -66,6 +70,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--op", default="kernels", choices=["kernels", "reference"],
         help="deformable attention: the compiled kernels, or the pure-PyTorch reference (the original's CPU path)",
+    )
+    parser.add_argument(
+        "--compare-autocast", default="", choices=["bfloat16", "float16"],
+        help="also time float32 inference against autocast in this dtype, alternating on the same model and input: "
+        "each adjacent pair's ratio is free of the drift that a shared machine adds between separate runs",
     )
     parser.add_argument("--json", default="", help="where to write the results (default: print only)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -226,6 +235,44 @@ def measure_inference(model, inputs, args, clock, memory):
     }
 
 
+def compare_autocast(model, inputs, args, clock, dtype):
+    """
+    Inference latencies in float32 and under ``dtype`` autocast (``MODEL.MASK_FORMER.TEST.AUTOCAST_DTYPE``) in
+    ``args.iters`` adjacent pairs, the order swapped every pair, on one model and input: the ratio of each pair, and
+    its median over pairs, compare the two precisions on the same state of the machine.
+    """
+    modes = {"float32": None, "autocast": getattr(torch, dtype)}
+    configured = model.autocast_dtype
+    times = {name: [] for name in modes}
+    model.eval()
+    try:
+        with torch.no_grad():
+            for mode in modes.values():
+                model.autocast_dtype = mode
+                for _ in range(args.warmup):
+                    model([inputs])
+            for i in range(args.iters):
+                for name in list(modes)[:: 1 if i % 2 == 0 else -1]:
+                    model.autocast_dtype = modes[name]
+                    start = clock()
+                    model([inputs])
+                    times[name].append(clock() - start)
+    finally:
+        model.autocast_dtype = configured
+    ratios = [a / f for f, a in zip(times["float32"], times["autocast"])]
+    return {
+        "dtype": dtype,
+        "pairs": len(ratios),
+        "float32_ms": [1000 * t for t in times["float32"]],
+        "autocast_ms": [1000 * t for t in times["autocast"]],
+        "float32_ms_median": 1000 * statistics.median(times["float32"]),
+        "autocast_ms_median": 1000 * statistics.median(times["autocast"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
 def measure_training(model, cfg, args, device, clock, memory):
     batch_size = args.ims_per_batch or max(1, cfg.SOLVER.IMS_PER_BATCH // args.num_devices)
     size = tuple(args.train_size or default_train_size(cfg))
@@ -320,6 +367,8 @@ def environment(device):
     if device.type == "cpu":
         model_name = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
         env["device"] = model_name.group(1) if model_name else env["device"]
+        # Without these, the model runs float32 under the bfloat16 switch (mask2former/modeling/cpu_features.py).
+        env["bf16_matrix_flags"] = sorted(cpu_flags() & NATIVE_BF16_FLAGS)
     return env
 
 
@@ -334,6 +383,11 @@ def table(results):
         ["config", results["config"]],
         ["device", f"{results['env']['device']} ({results['env']['threads']} threads)"],
         ["parameters (M)", f"{results['parameters_m']:.2f}"],
+    ]
+    if "bf16_matrix_flags" in results["env"]:
+        flags = results["env"]["bf16_matrix_flags"]
+        rows += [["CPU bf16 matrix instructions", ", ".join(flags) if flags else "none (bfloat16 runs float32)"]]
+    rows += [
         ["inference precision", f"autocast {results['autocast_dtype']}" if results["autocast_dtype"] else "float32"],
         ["deformable attention", _op_name(results)],
     ]
@@ -345,6 +399,18 @@ def table(results):
         ["inference peak memory (MiB)", f"{inf['peak_memory_mib']:.0f}"],
     ]
     rows += [[f"inference time share: {k}", f"{100 * v:.1f} %"] for k, v in inf["stage_share"].items()]
+    if "autocast_comparison" in results:
+        cmp = results["autocast_comparison"]
+        rows += [
+            [
+                f"float32 / autocast {cmp['dtype']}, {cmp['pairs']} alternating pairs, median (ms)",
+                f"{cmp['float32_ms_median']:.1f} / {cmp['autocast_ms_median']:.1f}",
+            ],
+            [
+                f"autocast {cmp['dtype']} / float32 time, median of pairs (range)",
+                f"{cmp['ratio_median']:.3f} ({cmp['ratio_min']:.3f}-{cmp['ratio_max']:.3f})",
+            ],
+        ]
     if "training" in results:
         tr = results["training"]
         rows += [
@@ -394,6 +460,8 @@ def main(argv=None):
         results["op_cpu_isa"] = kernels_for("cpu").cpu_isa()
     with reference_only() if args.op == "reference" else contextlib.nullcontext():
         results["inference"] = measure_inference(model, inputs, args, clock, memory)
+        if args.compare_autocast:
+            results["autocast_comparison"] = compare_autocast(model, inputs, args, clock, args.compare_autocast)
         if not args.skip_train:
             results["training"] = measure_training(model, cfg, args, device, clock, memory)
     if not args.skip_flops:
