@@ -6,18 +6,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT
 
 
-def run_main_job(tmp_path, task):
-    out = tmp_path / "out"
+def run_main_job(tmp_path, task, out_name="out", opts=()):
+    out = tmp_path / out_name
     cmd = [sys.executable, str(ROOT / "tools" / "main_job.py"), "--task", task, "--output", str(out)]
     cmd += ["--num-train", "4", "--num-val", "2", "--num-vis", "2"]
     cmd += ["--opts", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "1", "SOLVER.IMS_PER_BATCH", "2"]
     cmd += ["INPUT.IMAGE_SIZE", "64", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64"]
-    cmd += ["DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+    cmd += ["DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", *opts]
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), OMP_NUM_THREADS="1")
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -65,3 +66,12 @@ def test_main_job_other_tasks(tmp_path, task, metrics, absent):
     assert not set(absent) & set(report["final"]), "only the task's own metrics"
     assert re.search(rf"\|\s+{metrics[0]}\s+\|", run.stdout), "the results table"
     assert re.search(rf"iter\s+2: {metrics[0]} ", run.stdout), "the metrics over training"
+
+
+def test_main_job_with_a_seed_is_repeatable(tmp_path):
+    weights = []
+    for out_name in ("first", "second"):
+        run_main_job(tmp_path, "panoptic", out_name, ["SEED", "3"])
+        weights.append(torch.load(tmp_path / out_name / "model_final.pth", map_location="cpu")["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -157,6 +158,9 @@ def main(argv=None):
     timings["dataset_s"] = time.perf_counter() - start
 
     cfg = setup_cfg(args)
+    # As train_net.py's detectron2 setup: SEED >= 0 makes the run repeatable (initial weights, data order and
+    # augmentation); the default -1 draws a seed.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     # The job trains from scratch, and the trainer appends to metrics.json: a previous run's records would join
     # this run's history.
     metrics_json = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
