@@ -17,7 +17,7 @@ One command for a CUDA machine: is this checkout right on its GPU, and how fast 
 Exits with 1 when a correctness row fails (or a row could not run). Without a GPU it runs the CPU rows and lists
 what it skipped. It needs no installation of this package: it puts the checkout first on ``sys.path`` and the op
 is compiled on first use if ``pip install -e .`` did not build it (only torch, detectron2 and their dependencies
-must be importable). Sized to finish within 8 minutes on one H200 with --original (not measured on a GPU yet).
+must be importable). Without --original it took 105 s on one H200 (docs/benchmarks.md), after the op's build.
 
 Example:
     python tools/check_gpu.py --json check_gpu.json
